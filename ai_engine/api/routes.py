@@ -1,0 +1,221 @@
+"""HTTP views: parse and validate, hand over to the engine, answer.
+
+Domain errors become HTTP here and only here (through ``problems``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from ai_engine.api import problems
+from ai_engine.api.schemas import JobAccepted, JobRequest
+from ai_engine.engine import ENGINE, Engine
+from ai_engine.errors import EngineError, UrlNotAllowed
+from ai_engine.fetch import decode_base64_image
+from ai_engine.generators.registry import FORMATS, params_model
+from ai_engine.jobs.model import Job, new_job_id, request_fingerprint
+from ai_engine.jobs.store import Conflict, QueueFull
+from ai_engine.webhooks.events import build_delivery
+
+routes = web.RouteTableDef()
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise problems.too_large(request.app[ENGINE].settings.max_body_bytes) from exc
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise problems.bad_request(f"body is not valid JSON: {exc}") from exc
+
+
+async def validate_job(engine: Engine, body: Any) -> tuple[JobRequest, str]:
+    """Validate a job body completely; raises one 422 listing every problem."""
+    if not isinstance(body, dict):
+        raise problems.bad_request("body must be a JSON object")
+    try:
+        req = JobRequest.model_validate(body)
+    except ValidationError as exc:
+        raise problems.validation_problem(exc) from exc
+    errors: list[dict[str, Any]] = []
+    name = req.generator or engine.settings.generator
+    generator = engine.auto_generator if name == "auto" else name
+    if generator not in engine.available:
+        errors.append({"loc": ["generator"], "msg": f"generator {generator!r} is not available "
+                       f"here (available: {', '.join(sorted(engine.available))})"})
+    else:
+        for i, fmt in enumerate(req.formats):
+            if fmt not in FORMATS[generator]:
+                errors.append({"loc": ["formats", i], "msg": f"{generator} cannot produce "
+                               f"{fmt!r} (it produces {', '.join(FORMATS[generator])})"})
+        try:
+            params_model(generator).model_validate(req.params)
+        except ValidationError as exc:
+            errors += problems.validation_problem(exc, prefix=("params",)).errors
+        except EngineError as exc:
+            errors.append({"loc": ["generator"], "msg": exc.message})
+    if req.image_base64 is not None:
+        try:
+            decode_base64_image(req.image_base64, max_bytes=engine.settings.fetch_max_bytes)
+        except EngineError as exc:
+            errors.append({"loc": ["image_base64"], "msg": exc.message})
+    for field in ("image_url", "webhook_url"):
+        url = getattr(req, field)
+        if url is not None:
+            try:
+                await engine.fetcher.check_url(str(url))
+            except UrlNotAllowed as exc:
+                errors.append({"loc": [field], "msg": exc.message})
+            except EngineError:
+                pass  # unresolvable now: the fetch stage reports it on the job
+    if errors:
+        raise problems.invalid(errors)
+    return req, generator
+
+
+@routes.post("/generate-3d")
+@routes.post("/v1/jobs")
+async def create_job(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    engine.require_accepting()
+    req, generator = await validate_job(engine, await read_json(request))
+    body = req.model_dump(mode="json")
+    seed = req.seed if req.seed >= 0 else secrets.randbelow(2**31)
+    job = Job(job_id=new_job_id(), session_id=req.session_id, asset_id=req.asset_id,
+              request=body, request_hash=request_fingerprint(body), generator=generator,
+              seed=seed)
+    try:
+        job, created = await engine.store.submit(job, max_queue=engine.settings.max_queue)
+    except Conflict as exc:
+        raise problems.conflict(
+            f"({req.session_id}, {req.asset_id}) is job {exc.existing.job_id} with another "
+            "body") from exc
+    except QueueFull as exc:
+        raise problems.queue_full(exc.retry_after_s) from exc
+    if created:
+        engine.metrics.jobs_accepted.labels(generator=generator).inc()
+        engine.wake_executors()
+    status_url = f"{engine.base_url(request)}/v1/jobs/{job.job_id}"
+    if not created:
+        return web.json_response({**job.public(), "status_url": status_url}, status=200)
+    accepted = JobAccepted(job_id=job.job_id, status=job.status.value, status_url=status_url,
+                           created_at=job.public()["created_at"])
+    return web.json_response(accepted.model_dump(), status=202,
+                             headers={"Location": status_url})
+
+
+async def get_job_or_404(engine: Engine, job_id: str) -> Job:
+    job = await engine.store.get(job_id)
+    if job is None:
+        raise problems.not_found(f"no job {job_id}")
+    return job
+
+
+@routes.get("/v1/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    job = await get_job_or_404(request.app[ENGINE], request.match_info["job_id"])
+    return web.json_response(job.public())
+
+
+@routes.get("/v1/jobs/{job_id}/events")
+async def job_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the current state, then each change, ending after the terminal one."""
+    engine = request.app[ENGINE]
+    job_id = request.match_info["job_id"]
+    job = await get_job_or_404(engine, job_id)
+    queue = engine.events.subscribe(job_id)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    try:
+        job = await engine.store.get(job_id) or job  # re-read after subscribing: no gap
+        data: dict[str, Any] = job.public()
+        last: tuple[Any, ...] | None = None
+        while True:
+            state = (data["status"], data["stage"], data["progress"])
+            if state != last:
+                await response.write(f"event: job\ndata: {json.dumps(data)}\n\n".encode())
+                last = state
+            if data["status"] in ("succeeded", "failed", "canceled"):
+                break
+            try:
+                data = await asyncio.wait_for(queue.get(), timeout=15.0)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                fresh = await engine.store.get(job_id)  # another process may own the job
+                if fresh is not None:
+                    data = fresh.public()
+    finally:
+        engine.events.unsubscribe(job_id, queue)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+@routes.post("/v1/jobs/{job_id}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    job_id = request.match_info["job_id"]
+    job = await engine.store.cancel_queued(job_id)
+    if job is not None:  # was queued: canceled now, terminal webhook enqueued
+        delivery = build_delivery(job, "canceled")
+        if delivery is not None:
+            await engine.store.add_deliveries([delivery])
+            engine.deliverer.wake()
+        engine.events.publish(job)
+        engine.metrics.jobs_finished.labels(generator=job.generator, status="canceled").inc()
+        return web.json_response(job.public(), status=202)
+    job = await get_job_or_404(engine, job_id)
+    if job.status.is_terminal:
+        raise problems.conflict(f"job {job_id} already ended {job.status.value}")
+    job = await engine.store.request_cancel(job_id) or job
+    engine.cancel_running(job_id)
+    return web.json_response(job.public(), status=202)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body: dict[str, Any] = {"status": engine.state}
+    if engine.setup_error:
+        body["error"] = engine.setup_error
+    return web.json_response(body, status=200 if engine.state == "ready" else 503)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    engine.metrics.queue_depth.set(await engine.store.queued_count())
+    return web.Response(body=generate_latest(engine.metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/assets/{key:.+}")
+async def asset(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    resolve = getattr(engine.storage, "resolve_path", None)
+    if resolve is None:
+        raise problems.not_found("assets are not served here (storage is not local)")
+    try:
+        path = resolve(request.match_info["key"])
+    except (ValueError, EngineError) as exc:
+        raise problems.not_found("no such asset") from exc
+    if not path.is_file():
+        raise problems.not_found("no such asset")
+    return web.FileResponse(path)

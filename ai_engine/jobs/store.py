@@ -1,0 +1,347 @@
+"""The job store interface, and its embedded SQLite implementation.
+
+The store is the durable truth of every job and of every pending webhook
+delivery (the outbox). In embedded mode it is also the queue: queued rows are
+claimed in submission order by the executors of this process.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: every accepted job is
+committed before the 202 goes out, and survives a crash of the process
+(a power loss may drop the last few hundred milliseconds of commits).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+
+from ai_engine.jobs.model import Job, JobStatus, Stage, utcnow
+
+
+class Conflict(Exception):
+    """Same idempotency key, different request body."""
+
+    def __init__(self, existing: Job) -> None:
+        super().__init__(f"job {existing.job_id} exists for this key with another body")
+        self.existing = existing
+
+
+class QueueFull(Exception):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("queue is full")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class Delivery:
+    """One webhook event to deliver; ``webhook_id`` stays the same across retries."""
+
+    webhook_id: str
+    job_id: str
+    url: str
+    event_type: str
+    payload: str
+    created_at: float
+    next_attempt_at: float
+    attempts: int = 0
+    status: str = "pending"  # pending | delivered | gone | expired
+    last_error: str | None = None
+    id: int | None = None
+
+
+class JobStore(Protocol):
+    async def submit(self, job: Job, *, max_queue: int) -> tuple[Job, bool]: ...
+    async def get(self, job_id: str) -> Job | None: ...
+    async def claim(self) -> Job | None: ...
+    async def save(self, job: Job) -> None: ...
+    async def finish(self, job: Job, deliveries: list[Delivery]) -> None: ...
+    async def requeue(self, job: Job, *, delay_s: float) -> None: ...
+    async def cancel_queued(self, job_id: str) -> Job | None: ...
+    async def request_cancel(self, job_id: str) -> Job | None: ...
+    async def recover(self, *, max_attempts: int) -> tuple[list[Job], list[Job]]: ...
+    async def queued_count(self) -> int: ...
+    async def add_deliveries(self, deliveries: list[Delivery]) -> None: ...
+    async def due_deliveries(self, *, now: float, limit: int) -> list[Delivery]: ...
+    async def update_delivery(self, delivery: Delivery) -> None: ...
+    async def next_delivery_at(self) -> float | None: ...
+    async def stop_deliveries_to(self, url: str) -> int: ...
+    async def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    session_id TEXT NOT NULL,
+    asset_id TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    not_before REAL NOT NULL DEFAULT 0,
+    body TEXT NOT NULL,
+    UNIQUE (session_id, asset_id)
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook_id TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_id, status, id);
+CREATE TABLE IF NOT EXISTS gone_urls (url TEXT PRIMARY KEY, at REAL NOT NULL);
+"""
+
+# A receiver that answered 410 gets no events for this long (then it is tried again,
+# in case the 410 was a mistake on its side).
+GONE_FOR_S = 24 * 3600.0
+
+
+def job_to_json(job: Job) -> str:
+    data: dict[str, Any] = {
+        "job_id": job.job_id, "session_id": job.session_id, "asset_id": job.asset_id,
+        "request": job.request, "request_hash": job.request_hash, "generator": job.generator,
+        "seed": job.seed, "status": job.status.value,
+        "stage": job.stage.value if job.stage else None, "progress": job.progress,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "assets": job.assets, "thumbnail": job.thumbnail, "intermediates": job.intermediates,
+        "error": job.error, "timings": job.timings, "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested, "not_before": job.not_before,
+    }
+    return json.dumps(data, separators=(",", ":"))
+
+
+def job_from_json(text: str) -> Job:
+    data = json.loads(text)
+    parse = datetime.fromisoformat
+    return Job(
+        job_id=data["job_id"], session_id=data["session_id"], asset_id=data["asset_id"],
+        request=data["request"], request_hash=data["request_hash"],
+        generator=data["generator"], seed=data["seed"], status=JobStatus(data["status"]),
+        stage=Stage(data["stage"]) if data["stage"] else None, progress=data["progress"],
+        created_at=parse(data["created_at"]),
+        started_at=parse(data["started_at"]) if data["started_at"] else None,
+        finished_at=parse(data["finished_at"]) if data["finished_at"] else None,
+        assets=data["assets"], thumbnail=data["thumbnail"],
+        intermediates=data.get("intermediates") or {}, error=data["error"],
+        timings=data["timings"], attempts=data["attempts"],
+        cancel_requested=data["cancel_requested"], not_before=data.get("not_before", 0.0),
+    )
+
+
+class SqliteJobStore:
+    """Embedded store: one SQLite file in WAL mode, one connection, one writer thread."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._db = conn
+        self._queued = 0
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteJobStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        await conn.executescript(_SCHEMA)
+        store = cls(conn)
+        async with conn.execute("SELECT COUNT(*) FROM jobs WHERE status='queued'") as cur:
+            row = await cur.fetchone()
+        store._queued = int(row[0]) if row else 0
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # -- jobs ---------------------------------------------------------------
+    async def submit(self, job: Job, *, max_queue: int) -> tuple[Job, bool]:
+        """Insert a new queued job, or return the existing one for its key.
+
+        Returns ``(job, created)``; raises :class:`Conflict` when the key exists
+        with another body, :class:`QueueFull` when the queue is at its limit.
+        """
+        existing = await self._by_key(job.session_id, job.asset_id)
+        if existing is not None:
+            if existing.request_hash != job.request_hash:
+                raise Conflict(existing)
+            return existing, False
+        if self._queued >= max_queue:
+            raise QueueFull(retry_after_s=max(1, min(60, self._queued // 100)))
+        cur = await self._db.execute(
+            "INSERT OR IGNORE INTO jobs (job_id, session_id, asset_id, request_hash, status,"
+            " body) VALUES (?, ?, ?, ?, 'queued', ?)",
+            (job.job_id, job.session_id, job.asset_id, job.request_hash, job_to_json(job)))
+        if cur.rowcount == 0:  # lost a race with the same key
+            return await self.submit(job, max_queue=max_queue)
+        self._queued += 1
+        return job, True
+
+    async def _by_key(self, session_id: str, asset_id: str) -> Job | None:
+        async with self._db.execute(
+                "SELECT body FROM jobs WHERE session_id=? AND asset_id=?",
+                (session_id, asset_id)) as cur:
+            row = await cur.fetchone()
+        return job_from_json(row[0]) if row else None
+
+    async def get(self, job_id: str) -> Job | None:
+        async with self._db.execute("SELECT body FROM jobs WHERE job_id=?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        return job_from_json(row[0]) if row else None
+
+    async def claim(self) -> Job | None:
+        """Take the oldest due queued job, mark it running and count the attempt."""
+        async with self._db.execute(
+                "SELECT body FROM jobs WHERE status='queued' AND not_before<=? "
+                "ORDER BY seq LIMIT 1", (time.time(),)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        job = job_from_json(row[0])
+        job.status = JobStatus.RUNNING
+        job.attempts += 1
+        job.started_at = job.started_at or utcnow()
+        job.stage, job.progress = None, 0
+        cur2 = await self._db.execute(
+            "UPDATE jobs SET status='running', body=? WHERE job_id=? AND status='queued'",
+            (job_to_json(job), job.job_id))
+        if cur2.rowcount == 0:  # canceled between the read and the write
+            return await self.claim()
+        self._queued -= 1
+        return job
+
+    async def save(self, job: Job) -> None:
+        await self._db.execute("UPDATE jobs SET status=?, body=? WHERE job_id=?",
+                               (job.status.value, job_to_json(job), job.job_id))
+
+    async def finish(self, job: Job, deliveries: list[Delivery]) -> None:
+        """Write the terminal state and enqueue its webhook deliveries atomically."""
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute("UPDATE jobs SET status=?, body=? WHERE job_id=?",
+                                   (job.status.value, job_to_json(job), job.job_id))
+            await self._insert_deliveries(deliveries)
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+
+    async def requeue(self, job: Job, *, delay_s: float) -> None:
+        job.status, job.stage, job.progress = JobStatus.QUEUED, None, 0
+        job.not_before = time.time() + delay_s
+        await self._db.execute(
+            "UPDATE jobs SET status='queued', not_before=?, body=? WHERE job_id=?",
+            (job.not_before, job_to_json(job), job.job_id))
+        self._queued += 1
+
+    async def cancel_queued(self, job_id: str) -> Job | None:
+        """Cancel a job that is still queued; returns it, or None if it is not queued."""
+        job = await self.get(job_id)
+        if job is None or job.status != JobStatus.QUEUED:
+            return None
+        job.status, job.finished_at, job.cancel_requested = JobStatus.CANCELED, utcnow(), True
+        job.error = {"code": "job.canceled", "message": "canceled before it started"}
+        cur = await self._db.execute(
+            "UPDATE jobs SET status='canceled', body=? WHERE job_id=? AND status='queued'",
+            (job_to_json(job), job_id))
+        if cur.rowcount == 0:
+            return None
+        self._queued -= 1
+        return job
+
+    async def request_cancel(self, job_id: str) -> Job | None:
+        job = await self.get(job_id)
+        if job is None:
+            return None
+        if not job.status.is_terminal:
+            job.cancel_requested = True
+            await self.save(job)
+        return job
+
+    async def recover(self, *, max_attempts: int) -> tuple[list[Job], list[Job]]:
+        """At start: requeue jobs left running by a dead process.
+
+        Returns ``(requeued, exhausted)``; exhausted jobs used all their attempts
+        and are left running for the caller to fail (with their webhook).
+        """
+        async with self._db.execute("SELECT body FROM jobs WHERE status='running'") as cur:
+            rows = await cur.fetchall()
+        requeued, exhausted = [], []
+        for (body,) in rows:
+            job = job_from_json(body)
+            if job.attempts >= max_attempts:
+                exhausted.append(job)
+            else:
+                await self.requeue(job, delay_s=0)
+                requeued.append(job)
+        return requeued, exhausted
+
+    async def queued_count(self) -> int:
+        return self._queued
+
+    # -- webhook outbox -----------------------------------------------------
+    async def _insert_deliveries(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            async with self._db.execute("SELECT 1 FROM gone_urls WHERE url=? AND at>?",
+                                        (d.url, time.time() - GONE_FOR_S)) as cur:
+                if await cur.fetchone() is not None:
+                    d.status, d.last_error = "gone", "receiver answered 410 earlier"
+            cur = await self._db.execute(
+                "INSERT INTO deliveries (webhook_id, job_id, url, event_type, payload,"
+                " created_at, next_attempt_at, attempts, status) VALUES (?,?,?,?,?,?,?,?,?)",
+                (d.webhook_id, d.job_id, d.url, d.event_type, d.payload, d.created_at,
+                 d.next_attempt_at, d.attempts, d.status))
+            d.id = cur.lastrowid
+
+    async def add_deliveries(self, deliveries: list[Delivery]) -> None:
+        if deliveries:
+            await self._insert_deliveries(deliveries)
+
+    async def due_deliveries(self, *, now: float, limit: int) -> list[Delivery]:
+        """Pending deliveries due by ``now``: the oldest pending one of each job only, so a
+        job's events reach the receiver in order."""
+        async with self._db.execute(
+                "SELECT id, webhook_id, job_id, url, event_type, payload, created_at,"
+                " next_attempt_at, attempts, status, last_error FROM deliveries"
+                " WHERE status='pending' AND next_attempt_at<=? AND id=(SELECT MIN(id) FROM"
+                " deliveries AS d2 WHERE d2.job_id=deliveries.job_id AND d2.status='pending')"
+                " ORDER BY next_attempt_at LIMIT ?", (now, limit)) as cur:
+            rows = await cur.fetchall()
+        return [Delivery(id=r[0], webhook_id=r[1], job_id=r[2], url=r[3], event_type=r[4],
+                         payload=r[5], created_at=r[6], next_attempt_at=r[7], attempts=r[8],
+                         status=r[9], last_error=r[10]) for r in rows]
+
+    async def next_delivery_at(self) -> float | None:
+        async with self._db.execute(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status='pending'") as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def update_delivery(self, delivery: Delivery) -> None:
+        await self._db.execute(
+            "UPDATE deliveries SET attempts=?, next_attempt_at=?, status=?, last_error=?"
+            " WHERE id=?", (delivery.attempts, delivery.next_attempt_at, delivery.status,
+                            delivery.last_error, delivery.id))
+
+    async def stop_deliveries_to(self, url: str) -> int:
+        """The receiver answered 410: stop every pending delivery to ``url``, and new
+        ones for a while (``GONE_FOR_S``)."""
+        await self._db.execute("INSERT OR REPLACE INTO gone_urls (url, at) VALUES (?, ?)",
+                               (url, time.time()))
+        cur = await self._db.execute(
+            "UPDATE deliveries SET status='gone', last_error='receiver answered 410'"
+            " WHERE url=? AND status='pending'", (url,))
+        return cur.rowcount
