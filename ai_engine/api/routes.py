@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +20,7 @@ from ai_engine.engine import ENGINE, Engine
 from ai_engine.errors import EngineError, UrlNotAllowed
 from ai_engine.fetch import decode_base64_image
 from ai_engine.generators.registry import FORMATS, params_model
-from ai_engine.jobs.model import Job, new_job_id, request_fingerprint
+from ai_engine.jobs.model import Job, new_job_id, random_seed, request_fingerprint
 from ai_engine.jobs.store import Conflict, QueueFull
 from ai_engine.webhooks.events import build_delivery
 
@@ -90,7 +89,7 @@ async def create_job(request: web.Request) -> web.Response:
     engine.require_accepting()
     req, generator = await validate_job(engine, await read_json(request))
     body = req.model_dump(mode="json")
-    seed = req.seed if req.seed >= 0 else secrets.randbelow(2**31)
+    seed = req.seed if req.seed >= 0 else random_seed()
     job = Job(job_id=new_job_id(), session_id=req.session_id, asset_id=req.asset_id,
               request=body, request_hash=request_fingerprint(body), generator=generator,
               seed=seed)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import os
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -66,8 +67,40 @@ def iso(ts: datetime | None) -> str | None:
     return ts.isoformat().replace("+00:00", "Z") if ts else None
 
 
+class _RandomPool:
+    """Bytes from the OS CSPRNG, read 4 KiB at a time.
+
+    Each ``os.urandom`` call is a system call that costs tens of microseconds on
+    some virtual machines; ids and seeds are drawn for every accepted job, so they
+    come from a buffer (still cryptographically random, never reused).
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if len(self._buf) < n:
+                self._buf = os.urandom(4096)
+            out, self._buf = self._buf[:n], self._buf[n:]
+            return out
+
+
+_POOL = _RandomPool()
+
+
 def new_job_id() -> str:
-    return "job_" + uuid.uuid4().hex
+    return "job_" + _POOL.take(16).hex()
+
+
+def new_message_id() -> str:
+    return "msg_" + _POOL.take(16).hex()
+
+
+def random_seed() -> int:
+    """A random seed in ``[0, 2**31)``."""
+    return int.from_bytes(_POOL.take(4), "big") & 0x7FFFFFFF
 
 
 def request_fingerprint(request: dict[str, Any]) -> str:

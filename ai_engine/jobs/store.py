@@ -11,16 +11,21 @@ committed before the 202 goes out, and survives a crash of the process
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
-
-import aiosqlite
+from typing import Any, Protocol, TypeVar
 
 from ai_engine.jobs.model import Job, JobStatus, Stage, utcnow
+
+T = TypeVar("T")
 
 
 class Conflict(Exception):
@@ -144,28 +149,44 @@ def job_from_json(text: str) -> Job:
 
 
 class SqliteJobStore:
-    """Embedded store: one SQLite file in WAL mode, one connection, one writer thread."""
+    """Embedded store: one SQLite file in WAL mode, one connection on its own thread.
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._db = conn
+    Each public method is one hop to that thread, where it runs its statements and
+    commits; the event loop never waits on the disk.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+        self._conn = conn
+        self._thread = thread
         self._queued = 0
 
     @classmethod
     async def open(cls, path: Path) -> SqliteJobStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        await conn.executescript(_SCHEMA)
-        store = cls(conn)
-        async with conn.execute("SELECT COUNT(*) FROM jobs WHERE status='queued'") as cur:
-            row = await cur.fetchone()
-        store._queued = int(row[0]) if row else 0
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            return conn
+
+        loop = asyncio.get_running_loop()
+        conn = await loop.run_in_executor(thread, connect)
+        store = cls(conn, thread)
+        store._queued = await store._run(lambda c: c.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status='queued'").fetchone()[0])
         return store
 
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, fn, self._conn)
+
     async def close(self) -> None:
-        await self._db.close()
+        await self._run(lambda c: c.close())
+        self._thread.shutdown(wait=True)
 
     # -- jobs ---------------------------------------------------------------
     async def submit(self, job: Job, *, max_queue: int) -> tuple[Job, bool]:
@@ -174,92 +195,104 @@ class SqliteJobStore:
         Returns ``(job, created)``; raises :class:`Conflict` when the key exists
         with another body, :class:`QueueFull` when the queue is at its limit.
         """
-        existing = await self._by_key(job.session_id, job.asset_id)
-        if existing is not None:
-            if existing.request_hash != job.request_hash:
-                raise Conflict(existing)
-            return existing, False
-        if self._queued >= max_queue:
-            raise QueueFull(retry_after_s=max(1, min(60, self._queued // 100)))
-        cur = await self._db.execute(
-            "INSERT OR IGNORE INTO jobs (job_id, session_id, asset_id, request_hash, status,"
-            " body) VALUES (?, ?, ?, ?, 'queued', ?)",
-            (job.job_id, job.session_id, job.asset_id, job.request_hash, job_to_json(job)))
-        if cur.rowcount == 0:  # lost a race with the same key
-            return await self.submit(job, max_queue=max_queue)
-        self._queued += 1
-        return job, True
+        body = job_to_json(job)
+        queued = self._queued
 
-    async def _by_key(self, session_id: str, asset_id: str) -> Job | None:
-        async with self._db.execute(
-                "SELECT body FROM jobs WHERE session_id=? AND asset_id=?",
-                (session_id, asset_id)) as cur:
-            row = await cur.fetchone()
-        return job_from_json(row[0]) if row else None
+        def work(c: sqlite3.Connection) -> tuple[str | None, bool]:
+            row = c.execute("SELECT body FROM jobs WHERE session_id=? AND asset_id=?",
+                            (job.session_id, job.asset_id)).fetchone()
+            if row is not None:
+                return row[0], False
+            if queued >= max_queue:
+                return None, False
+            c.execute("INSERT INTO jobs (job_id, session_id, asset_id, request_hash, status,"
+                      " body) VALUES (?, ?, ?, ?, 'queued', ?)",
+                      (job.job_id, job.session_id, job.asset_id, job.request_hash, body))
+            return None, True
+
+        existing_body, created = await self._run(work)
+        if created:
+            self._queued += 1
+            return job, True
+        if existing_body is None:
+            raise QueueFull(retry_after_s=max(1, min(60, queued // 100)))
+        existing = job_from_json(existing_body)
+        if existing.request_hash != job.request_hash:
+            raise Conflict(existing)
+        return existing, False
 
     async def get(self, job_id: str) -> Job | None:
-        async with self._db.execute("SELECT body FROM jobs WHERE job_id=?", (job_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._run(lambda c: c.execute(
+            "SELECT body FROM jobs WHERE job_id=?", (job_id,)).fetchone())
         return job_from_json(row[0]) if row else None
 
     async def claim(self) -> Job | None:
         """Take the oldest due queued job, mark it running and count the attempt."""
-        async with self._db.execute(
-                "SELECT body FROM jobs WHERE status='queued' AND not_before<=? "
-                "ORDER BY seq LIMIT 1", (time.time(),)) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        job = job_from_json(row[0])
-        job.status = JobStatus.RUNNING
-        job.attempts += 1
-        job.started_at = job.started_at or utcnow()
-        job.stage, job.progress = None, 0
-        cur2 = await self._db.execute(
-            "UPDATE jobs SET status='running', body=? WHERE job_id=? AND status='queued'",
-            (job_to_json(job), job.job_id))
-        if cur2.rowcount == 0:  # canceled between the read and the write
-            return await self.claim()
-        self._queued -= 1
+        now = time.time()
+
+        def work(c: sqlite3.Connection) -> Job | None:
+            row = c.execute("SELECT body FROM jobs WHERE status='queued' AND not_before<=? "
+                            "ORDER BY seq LIMIT 1", (now,)).fetchone()
+            if row is None:
+                return None
+            job = job_from_json(row[0])
+            job.status = JobStatus.RUNNING
+            job.attempts += 1
+            job.started_at = job.started_at or utcnow()
+            job.stage, job.progress = None, 0
+            c.execute("UPDATE jobs SET status='running', body=? WHERE job_id=?",
+                      (job_to_json(job), job.job_id))
+            return job
+
+        job = await self._run(work)  # one thread: no other claimer in between
+        if job is not None:
+            self._queued -= 1
         return job
 
     async def save(self, job: Job) -> None:
-        await self._db.execute("UPDATE jobs SET status=?, body=? WHERE job_id=?",
-                               (job.status.value, job_to_json(job), job.job_id))
+        body = job_to_json(job)
+        await self._run(lambda c: c.execute("UPDATE jobs SET status=?, body=? WHERE job_id=?",
+                                            (job.status.value, body, job.job_id)))
 
     async def finish(self, job: Job, deliveries: list[Delivery]) -> None:
         """Write the terminal state and enqueue its webhook deliveries atomically."""
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            await self._db.execute("UPDATE jobs SET status=?, body=? WHERE job_id=?",
-                                   (job.status.value, job_to_json(job), job.job_id))
-            await self._insert_deliveries(deliveries)
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
+        body = job_to_json(job)
+
+        def work(c: sqlite3.Connection) -> None:
+            with _transaction(c):
+                c.execute("UPDATE jobs SET status=?, body=? WHERE job_id=?",
+                          (job.status.value, body, job.job_id))
+                _insert_deliveries(c, deliveries)
+
+        await self._run(work)
 
     async def requeue(self, job: Job, *, delay_s: float) -> None:
         job.status, job.stage, job.progress = JobStatus.QUEUED, None, 0
         job.not_before = time.time() + delay_s
-        await self._db.execute(
+        body = job_to_json(job)
+        await self._run(lambda c: c.execute(
             "UPDATE jobs SET status='queued', not_before=?, body=? WHERE job_id=?",
-            (job.not_before, job_to_json(job), job.job_id))
+            (job.not_before, body, job.job_id)))
         self._queued += 1
 
     async def cancel_queued(self, job_id: str) -> Job | None:
         """Cancel a job that is still queued; returns it, or None if it is not queued."""
-        job = await self.get(job_id)
-        if job is None or job.status != JobStatus.QUEUED:
-            return None
-        job.status, job.finished_at, job.cancel_requested = JobStatus.CANCELED, utcnow(), True
-        job.error = {"code": "job.canceled", "message": "canceled before it started"}
-        cur = await self._db.execute(
-            "UPDATE jobs SET status='canceled', body=? WHERE job_id=? AND status='queued'",
-            (job_to_json(job), job_id))
-        if cur.rowcount == 0:
-            return None
-        self._queued -= 1
+        def work(c: sqlite3.Connection) -> Job | None:
+            row = c.execute("SELECT body FROM jobs WHERE job_id=? AND status='queued'",
+                            (job_id,)).fetchone()
+            if row is None:
+                return None
+            job = job_from_json(row[0])
+            job.status, job.finished_at, job.cancel_requested = (JobStatus.CANCELED, utcnow(),
+                                                                 True)
+            job.error = {"code": "job.canceled", "message": "canceled before it started"}
+            c.execute("UPDATE jobs SET status='canceled', body=? WHERE job_id=?",
+                      (job_to_json(job), job_id))
+            return job
+
+        job = await self._run(work)
+        if job is not None:
+            self._queued -= 1
         return job
 
     async def request_cancel(self, job_id: str) -> Job | None:
@@ -277,8 +310,8 @@ class SqliteJobStore:
         Returns ``(requeued, exhausted)``; exhausted jobs used all their attempts
         and are left running for the caller to fail (with their webhook).
         """
-        async with self._db.execute("SELECT body FROM jobs WHERE status='running'") as cur:
-            rows = await cur.fetchall()
+        rows = await self._run(lambda c: c.execute(
+            "SELECT body FROM jobs WHERE status='running'").fetchall())
         requeued, exhausted = [], []
         for (body,) in rows:
             job = job_from_json(body)
@@ -293,55 +326,68 @@ class SqliteJobStore:
         return self._queued
 
     # -- webhook outbox -----------------------------------------------------
-    async def _insert_deliveries(self, deliveries: list[Delivery]) -> None:
-        for d in deliveries:
-            async with self._db.execute("SELECT 1 FROM gone_urls WHERE url=? AND at>?",
-                                        (d.url, time.time() - GONE_FOR_S)) as cur:
-                if await cur.fetchone() is not None:
-                    d.status, d.last_error = "gone", "receiver answered 410 earlier"
-            cur = await self._db.execute(
-                "INSERT INTO deliveries (webhook_id, job_id, url, event_type, payload,"
-                " created_at, next_attempt_at, attempts, status) VALUES (?,?,?,?,?,?,?,?,?)",
-                (d.webhook_id, d.job_id, d.url, d.event_type, d.payload, d.created_at,
-                 d.next_attempt_at, d.attempts, d.status))
-            d.id = cur.lastrowid
-
     async def add_deliveries(self, deliveries: list[Delivery]) -> None:
         if deliveries:
-            await self._insert_deliveries(deliveries)
+            await self._run(lambda c: _insert_deliveries(c, deliveries))
 
     async def due_deliveries(self, *, now: float, limit: int) -> list[Delivery]:
         """Pending deliveries due by ``now``: the oldest pending one of each job only, so a
         job's events reach the receiver in order."""
-        async with self._db.execute(
-                "SELECT id, webhook_id, job_id, url, event_type, payload, created_at,"
-                " next_attempt_at, attempts, status, last_error FROM deliveries"
-                " WHERE status='pending' AND next_attempt_at<=? AND id=(SELECT MIN(id) FROM"
-                " deliveries AS d2 WHERE d2.job_id=deliveries.job_id AND d2.status='pending')"
-                " ORDER BY next_attempt_at LIMIT ?", (now, limit)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._run(lambda c: c.execute(
+            "SELECT id, webhook_id, job_id, url, event_type, payload, created_at,"
+            " next_attempt_at, attempts, status, last_error FROM deliveries"
+            " WHERE status='pending' AND next_attempt_at<=? AND id=(SELECT MIN(id) FROM"
+            " deliveries AS d2 WHERE d2.job_id=deliveries.job_id AND d2.status='pending')"
+            " ORDER BY next_attempt_at LIMIT ?", (now, limit)).fetchall())
         return [Delivery(id=r[0], webhook_id=r[1], job_id=r[2], url=r[3], event_type=r[4],
                          payload=r[5], created_at=r[6], next_attempt_at=r[7], attempts=r[8],
                          status=r[9], last_error=r[10]) for r in rows]
 
     async def next_delivery_at(self) -> float | None:
-        async with self._db.execute(
-                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status='pending'") as cur:
-            row = await cur.fetchone()
+        row = await self._run(lambda c: c.execute(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE status='pending'").fetchone())
         return float(row[0]) if row and row[0] is not None else None
 
     async def update_delivery(self, delivery: Delivery) -> None:
-        await self._db.execute(
+        d = delivery
+        await self._run(lambda c: c.execute(
             "UPDATE deliveries SET attempts=?, next_attempt_at=?, status=?, last_error=?"
-            " WHERE id=?", (delivery.attempts, delivery.next_attempt_at, delivery.status,
-                            delivery.last_error, delivery.id))
+            " WHERE id=?", (d.attempts, d.next_attempt_at, d.status, d.last_error, d.id)))
 
     async def stop_deliveries_to(self, url: str) -> int:
         """The receiver answered 410: stop every pending delivery to ``url``, and new
         ones for a while (``GONE_FOR_S``)."""
-        await self._db.execute("INSERT OR REPLACE INTO gone_urls (url, at) VALUES (?, ?)",
-                               (url, time.time()))
-        cur = await self._db.execute(
-            "UPDATE deliveries SET status='gone', last_error='receiver answered 410'"
-            " WHERE url=? AND status='pending'", (url,))
-        return cur.rowcount
+        def work(c: sqlite3.Connection) -> int:
+            with _transaction(c):
+                c.execute("INSERT OR REPLACE INTO gone_urls (url, at) VALUES (?, ?)",
+                          (url, time.time()))
+                cur = c.execute("UPDATE deliveries SET status='gone', last_error='receiver "
+                                "answered 410' WHERE url=? AND status='pending'", (url,))
+                return int(cur.rowcount)
+
+        return await self._run(work)
+
+
+@contextlib.contextmanager
+def _transaction(c: sqlite3.Connection) -> Iterator[None]:
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    c.execute("COMMIT")
+
+
+def _insert_deliveries(c: sqlite3.Connection, deliveries: list[Delivery]) -> None:
+    for d in deliveries:
+        gone = c.execute("SELECT 1 FROM gone_urls WHERE url=? AND at>?",
+                         (d.url, time.time() - GONE_FOR_S)).fetchone()
+        if gone is not None:
+            d.status, d.last_error = "gone", "receiver answered 410 earlier"
+        cur = c.execute(
+            "INSERT INTO deliveries (webhook_id, job_id, url, event_type, payload,"
+            " created_at, next_attempt_at, attempts, status) VALUES (?,?,?,?,?,?,?,?,?)",
+            (d.webhook_id, d.job_id, d.url, d.event_type, d.payload, d.created_at,
+             d.next_attempt_at, d.attempts, d.status))
+        d.id = cur.lastrowid

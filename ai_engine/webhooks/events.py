@@ -12,13 +12,12 @@ import base64
 import json
 import secrets
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 from standardwebhooks.webhooks import Webhook
 
-from ai_engine.jobs.model import Job, JobStatus, iso, utcnow
+from ai_engine.jobs.model import Job, JobStatus, iso, new_message_id, utcnow
 from ai_engine.jobs.store import Delivery
 
 EVENT_TYPES = {
@@ -48,7 +47,7 @@ def build_delivery(job: Job, event: str) -> Delivery | None:
     event_type = EVENT_TYPES[event]
     body = {"type": event_type, "timestamp": iso(utcnow()), "data": job.public()}
     now = time.time()
-    return Delivery(webhook_id="msg_" + uuid.uuid4().hex, job_id=job.job_id, url=url,
+    return Delivery(webhook_id=new_message_id(), job_id=job.job_id, url=url,
                     event_type=event_type, payload=json.dumps(body, separators=(",", ":")),
                     created_at=now, next_attempt_at=now)
 
