@@ -1,0 +1,1 @@
+"""Small companion programs for local stacks and integration checks (not used by the service)."""
