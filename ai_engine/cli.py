@@ -33,8 +33,10 @@ def cmd_serve(settings: Settings) -> int:
     app = create_app(settings)
     log.info("listening on http://%s:%d (data in %s)", settings.host, settings.port,
              settings.data_dir.resolve())
+    # shutdown_timeout bounds the wait for open HTTP requests (SSE streams included);
+    # the executors' drain (DRAIN_TIMEOUT_S) comes after it, in the app's cleanup.
     web.run_app(app, host=settings.host, port=settings.port, print=None,
-                shutdown_timeout=settings.drain_timeout_s + 5, access_log=None)
+                shutdown_timeout=5.0, access_log=None)
     return 0
 
 
