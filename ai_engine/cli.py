@@ -145,7 +145,7 @@ def _has_cuda() -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ai-engine", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", help="default INFO (WARNING for generate)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="the service: HTTP API and executors")
     sub.add_parser("worker", help="executors only, taking jobs from AI_ENGINE_QUEUE_URL")
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or ("WARNING" if args.command == "generate" else "INFO"))
     settings = Settings()
     if args.command == "serve":
         return cmd_serve(settings)
