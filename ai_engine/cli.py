@@ -30,7 +30,7 @@ def cmd_serve(settings: Settings) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    app = create_app(settings)
+    app = create_app(settings, run_executors=settings.executors)
     log.info("listening on http://%s:%d (data in %s)", settings.host, settings.port,
              settings.data_dir.resolve())
     # shutdown_timeout bounds the wait for open HTTP requests (SSE streams included);
@@ -45,8 +45,9 @@ def cmd_worker(settings: Settings) -> int:
         log.error("`ai-engine worker` takes jobs from a shared queue: set AI_ENGINE_QUEUE_URL "
                   "(redis://...); with the embedded queue, `ai-engine serve` runs executors")
         return 2
-    log.error("the shared queue is not available in this build")
-    return 2
+    from ai_engine.worker import run_worker
+
+    return run_worker(settings)
 
 
 def cmd_models(settings: Settings) -> int:
@@ -108,7 +109,10 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         device = args.device or ("cuda" if name != "silhouette" and _has_cuda() else "cpu")
         generator = load_generator(name, models_dir=settings.models_dir, device=device)
         step("preparing image", 10)
-        cutout = imaging.prepare(data, max_pixels=settings.max_image_pixels)
+        from ai_engine.imaging.segment import load_segmenter
+
+        cutout = imaging.prepare(data, max_pixels=settings.max_image_pixels,
+                                 segmenter=load_segmenter(settings))
         framed = generator.frame(cutout.rgba)
         step("generating", 15)
         output = generator(framed, params=type(generator).Params(), seed=seed,

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     max_queue: int = 1000
     max_attempts: int = 3
     job_retention_s: float = 7 * 24 * 3600
+    # Shared queue (QUEUE_URL=redis://...): see docs/scaling.md.
+    executors: bool = True  # `serve` also runs executors; 0 = an API-only process
+    queue_prefix: str = "ai_engine"  # Redis key prefix: deployments sharing one Redis differ here
+    queue_lease_s: float = 30.0  # a running job's lease; a dead worker's job is claimed after it
+    session_queue_share: float = 0.5  # share of MAX_QUEUE one session may hold queued
 
     # -- execution ----------------------------------------------------------
     generator: GeneratorName = "auto"
@@ -71,6 +76,32 @@ class Settings(BaseSettings):
     webhook_max_age_s: float = 24 * 3600.0
     webhook_backoff_base_s: float = 1.0
     webhook_backoff_max_s: float = 600.0
+
+    # -- imaging ------------------------------------------------------------
+    max_image_frames: int = 1000  # animations give their first frame; more frames are refused
+    # Background removal: "auto" = the first learned model found under MODELS_DIR
+    # (RMBG-2.0/, BiRefNet/, then rembg/*.onnx), else the classical cut-out.
+    cutout: Literal["auto", "classical", "rembg", "transformers"] = "auto"
+    cutout_model: str | None = None  # file (rembg .onnx) or folder (transformers) under MODELS_DIR
+    cutout_rembg_session: str | None = None  # rembg session for that file; default from its name
+    cutout_device: str | None = None  # None = cuda when available, else cpu
+    cutout_size_px: int = 1024  # transformers models' square input side
+    cutout_trust_remote_code: bool = True  # RMBG-2.0 / BiRefNet folders ship their model code
+    # Image edit (Qwen-Image-Edit-2509) before the cut-out.
+    edit_enabled: bool = False  # default for jobs that do not set params.edit
+    edit_load: Literal["auto", "always", "never"] = "auto"  # auto: weights and a GPU present
+    edit_device: str | None = None  # None = cuda when available
+    edit_model_dir: str = "Qwen-Image-Edit-2509"
+    edit_lora: str = (
+        "Qwen-Image-Lightning/Qwen-Image-Edit-2509-Lightning-8steps-V1.0-bf16.safetensors")
+    edit_steps: int | None = None  # None = 8 with the Lightning LoRA, 40 without
+    edit_true_cfg_scale: float | None = None  # None = 1.0 with the Lightning LoRA, 4.0 without
+    edit_size_px: int = 1024
+    edit_cpu_offload: bool = False  # for GPUs too small for the whole pipeline (~58 GB bf16)
+    edit_prompt: str = ("show this object in a three-quarters view, fully visible, "
+                        "on a neutral solid background contrasting with it")
+    edit_negative_prompt: str = ("cropped, cut off, partially visible, multiple objects, "
+                                 "cluttered background, text, watermark, blurry, distorted")
 
     @field_validator("api_tokens", "devices", mode="before")
     @classmethod

@@ -22,9 +22,12 @@ from ai_engine.executor.device import DeviceExecutor
 from ai_engine.executor.runner import Services
 from ai_engine.fetch import SafeFetcher
 from ai_engine.generators.registry import resolve_auto
+from ai_engine.imaging.edit import load_editor
+from ai_engine.imaging.segment import load_segmenter
 from ai_engine.jobs.events import JobEvents
+from ai_engine.jobs.factory import new_job_events, open_job_store
 from ai_engine.jobs.model import JobStatus, utcnow
-from ai_engine.jobs.store import JobStore, SqliteJobStore
+from ai_engine.jobs.store import JobStore
 from ai_engine.metrics import Metrics
 from ai_engine.storage import open_storage
 from ai_engine.storage.base import Storage
@@ -60,7 +63,7 @@ class Engine:
         self.settings = settings
         self.run_executors = run_executors
         self.metrics = Metrics()
-        self.events = JobEvents()
+        self.events: JobEvents = new_job_events(settings)
         self.state: State = "starting"
         self.setup_error: str | None = None
         self.executors: list[DeviceExecutor] = []
@@ -78,7 +81,9 @@ class Engine:
 
     async def start(self) -> None:
         s = self.settings
-        self.store = await SqliteJobStore.open(s.db_path)
+        self.store = await open_job_store(
+            s, events=self.events, on_cancel=self.cancel_running,
+            on_wake=self.wake_executors if self.run_executors else None)
         self.fetcher = SafeFetcher(allow_private=s.allow_private_urls, timeout_s=s.fetch_timeout,
                                    max_bytes=s.fetch_max_bytes,
                                    max_redirects=s.fetch_max_redirects)
@@ -108,6 +113,10 @@ class Engine:
     async def _start_executors(self) -> None:
         try:
             await self._recover()
+            loop = asyncio.get_running_loop()
+            self.services.segmenter = await loop.run_in_executor(None, load_segmenter,
+                                                                 self.settings)
+            self.services.editor = await loop.run_in_executor(None, load_editor, self.settings)
             names = sorted(self.available)
             for device in resolve_devices(self.settings):
                 executor = DeviceExecutor(self.services, device=device, generator_names=names)

@@ -2,6 +2,8 @@
 
 Run: ``python benchmarks/bench_imaging.py``. Prints one line per measurement
 (best of several runs). Inputs are skimage's bundled coffee.png scaled to each size.
+The learned cut-out methods and the edit stage (full-size random models, CPU or
+GPU) are timed by ``benchmarks/bench_imaging_models.py``.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ from ai_engine.engine import ENGINE, Engine
 from ai_engine.errors import EngineError, UrlNotAllowed
 from ai_engine.fetch import decode_base64_image
 from ai_engine.generators.registry import FORMATS, params_model
+from ai_engine.imaging.params import IMAGING_KEYS, split_params
 from ai_engine.jobs.model import Job, new_job_id, random_seed, request_fingerprint
-from ai_engine.jobs.store import Conflict, QueueFull
+from ai_engine.jobs.store import Conflict, QueueFull, StoreUnavailable
 from ai_engine.webhooks.events import build_delivery
 
 routes = web.RouteTableDef()
@@ -57,8 +58,18 @@ async def validate_job(engine: Engine, body: Any) -> tuple[JobRequest, str]:
             if fmt not in FORMATS[generator]:
                 errors.append({"loc": ["formats", i], "msg": f"{generator} cannot produce "
                                f"{fmt!r} (it produces {', '.join(FORMATS[generator])})"})
+        rest: dict[str, Any] = {}
         try:
-            params_model(generator).model_validate(req.params)
+            imaging_params, rest = split_params(req.params)
+            if (imaging_params.edit and engine.run_executors and engine.state == "ready"
+                    and engine.services.editor is None):
+                errors.append({"loc": ["params", "edit"], "msg": "the image-edit stage is not "
+                               "loaded on this deployment (see AI_ENGINE_EDIT_LOAD)"})
+        except ValidationError as exc:
+            errors += problems.validation_problem(exc, prefix=("params",)).errors
+            rest = {k: v for k, v in req.params.items() if k not in IMAGING_KEYS}
+        try:
+            params_model(generator).model_validate(rest)
         except ValidationError as exc:
             errors += problems.validation_problem(exc, prefix=("params",)).errors
         except EngineError as exc:
@@ -101,6 +112,8 @@ async def create_job(request: web.Request) -> web.Response:
             "body") from exc
     except QueueFull as exc:
         raise problems.queue_full(exc.retry_after_s) from exc
+    except StoreUnavailable as exc:
+        raise problems.unavailable("unable to reach its job store") from exc
     if created:
         engine.metrics.jobs_accepted.labels(generator=generator).inc()
         engine.wake_executors()

@@ -167,7 +167,8 @@ async def generate_from_base64(request: web.Request) -> web.Response:
     except EngineError as exc:
         raise problems.invalid([{"loc": ["prompt_image"], "msg": exc.message}]) from exc
     generator = splat_generator(engine)
-    params = _params(engine, generator, req.trellis_params)
+    params = {**_params(engine, generator, req.trellis_params),
+              "intermediates": req.return_intermediates}
     job = await run_sync_job(engine, image, seed=req.seed, fmt="splat_ply", params=params,
                              generator=generator)
     ply = await asset_bytes(engine, job, "splat_ply")

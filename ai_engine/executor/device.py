@@ -92,6 +92,7 @@ class DeviceExecutor:
 
         def done(_: asyncio.Task[None], job_id: str = job.job_id) -> None:
             self._running.pop(job_id, None)
+            self.s.store.release(job_id)  # a shared queue stops renewing its lease
             self.s.metrics.running.labels(device=self.device).dec()
             self._wake.set()
 

@@ -26,6 +26,9 @@ from ai_engine.errors import Canceled, EngineError, StageTimeout, translate
 from ai_engine.executor.outputs import export_outputs
 from ai_engine.fetch import SafeFetcher, decode_base64_image
 from ai_engine.generators.base import Generator, GeneratorOutput
+from ai_engine.imaging.edit import Editor
+from ai_engine.imaging.params import split_params, wants_edit
+from ai_engine.imaging.segment import Segmenter
 from ai_engine.jobs.events import JobEvents
 from ai_engine.jobs.model import Job, JobStatus, Stage, overall_progress, utcnow
 from ai_engine.jobs.store import JobStore
@@ -50,6 +53,8 @@ class Services:
     metrics: Metrics
     deliverer: WebhookDeliverer
     cpu_pool: Executor
+    segmenter: Segmenter | None = None  # learned background removal, loaded at start
+    editor: Editor | None = None  # the optional image-edit stage
 
 
 class JobRunner:
@@ -108,13 +113,20 @@ class _JobContext:
         await self.enqueue_event("started")
         # 1. fetch the image bytes
         data = await self.stage_run(Stage.FETCHING, self.fetch())
-        # 2. decode, cut out, frame as the generator expects
+        # 2. decode, [edit], cut out, frame as the generator expects
+        imaging_params, generator_params = split_params(job.request.get("params") or {})
+        editor = self.s.editor if wants_edit(settings, imaging_params) else None
         cutout = await self.stage_run(Stage.PREPROCESSING, self.in_pool(
-            self.s.cpu_pool, imaging.prepare, data, max_pixels=settings.max_image_pixels))
+            self.s.cpu_pool, imaging.prepare, data, max_pixels=settings.max_image_pixels,
+            max_bytes=settings.fetch_max_bytes, max_frames=settings.max_image_frames,
+            segmenter=self.s.segmenter, editor=editor, seed=job.seed,
+            on_progress=self.progress_from_thread if editor else None))
         framed = await self.stage_run(Stage.PREPROCESSING, self.in_pool(
             self.s.cpu_pool, generator.frame, cutout.rgba), new_stage=False)
+        if imaging_params.intermediates:
+            await self.store_intermediates(cutout)
         # 3. generate on the device thread
-        params = type(generator).Params.model_validate(job.request.get("params") or {})
+        params = type(generator).Params.model_validate(generator_params)
         output: GeneratorOutput = await self.stage_run(Stage.GENERATING, self.in_pool(
             self.r.device_pool, generator, framed, params=params, seed=job.seed,
             on_progress=self.progress_from_thread))
@@ -134,21 +146,36 @@ class _JobContext:
             return decode_base64_image(req["image_base64"], max_bytes=settings.fetch_max_bytes)
         return await self.s.fetcher.fetch_image(str(req["image_url"]))
 
-    async def upload(self, files: list[Any], thumb: Any) -> None:
+    def key(self, name: str) -> str:
         job, settings = self.job, self.s.settings
+        return asset_key(settings.s3_prefix if settings.storage == "s3" else "",
+                         job.session_id, job.asset_id, job.job_id, name)
+
+    async def store_intermediates(self, cutout: imaging.Cutout) -> None:
+        """The cut-out (and the edited image) as PNGs beside the asset."""
+        pngs = {"cutout": await self.in_pool(self.s.cpu_pool, cutout.cutout_png)}
+        edited = await self.in_pool(self.s.cpu_pool, cutout.edited_png)
+        if edited is not None:
+            pngs["edited"] = edited
+        for name, data in pngs.items():
+            stored = await self.s.storage.put(self.key(f"{name}.png"), data,
+                                              content_type="image/png")
+            self.job.intermediates[name] = {"url": stored.url, "key": stored.key}
+        self.job.intermediates["cutout_method"] = cutout.method
+
+    async def upload(self, files: list[Any], thumb: Any) -> None:
+        job = self.job
         assets = []
         for i, f in enumerate(files):
-            key = asset_key(settings.s3_prefix if settings.storage == "s3" else "",
-                            job.session_id, job.asset_id, job.job_id, f.name)
-            stored = await self.s.storage.put(key, f.data, content_type=f.content_type)
+            stored = await self.s.storage.put(self.key(f.name), f.data,
+                                              content_type=f.content_type)
             assets.append({"format": f.format, "url": stored.url, "key": stored.key,
                            "bytes": stored.bytes, "sha256": stored.sha256,
                            "content_type": stored.content_type})
             self.progress((i + 1) / (len(files) + 1))
         if thumb is not None:
-            key = asset_key(settings.s3_prefix if settings.storage == "s3" else "",
-                            job.session_id, job.asset_id, job.job_id, thumb.name)
-            stored = await self.s.storage.put(key, thumb.data, content_type=thumb.content_type)
+            stored = await self.s.storage.put(self.key(thumb.name), thumb.data,
+                                              content_type=thumb.content_type)
             job.thumbnail = {"url": stored.url, "key": stored.key}
         job.assets = assets
 

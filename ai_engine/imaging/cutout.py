@@ -16,6 +16,9 @@ plain-ish (one to a few colours, some texture):
    open/close morphologically, fill holes;
 6. upsample the mask, soften the edge by about a pixel at full resolution.
 
+Learned removal (:mod:`ai_engine.imaging.segment`) plugs in through
+``cut_out(rgba, segmenter=...)``; this module stays the fallback when no weights exist.
+
 Errors: ``ImagingError`` ``imaging.no_object`` when the mask is empty or covers
 nearly the whole frame.
 """
@@ -23,7 +26,7 @@ nearly the whole frame.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -36,9 +39,13 @@ from skimage.filters import threshold_otsu
 from ai_engine.errors import ImagingError
 from ai_engine.imaging.decode import RGBA, has_meaningful_alpha
 
+if TYPE_CHECKING:
+    from ai_engine.imaging.segment import Segmenter
+
 logger = logging.getLogger(__name__)
 
-Method = Literal["alpha", "classical"]
+Method = Literal["alpha", "classical", "rembg", "transformers"]
+"""How a cut-out was made: the image's own alpha, or which background removal ran."""
 FloatArray = npt.NDArray[np.float32]
 
 # A mask is "no object" below/above these shares of the frame.
@@ -57,23 +64,45 @@ _MIN_SIDE_SHARE = 0.10
 _KEEP_COMPONENT_SHARE = 0.15
 
 
-def cut_out(rgba: RGBA, *, work_side: int = 512) -> tuple[RGBA, Method]:
+def cut_out(rgba: RGBA, *, work_side: int = 512,
+            segmenter: Segmenter | None = None) -> tuple[RGBA, Method]:
     """Return a straight-alpha RGBA cut-out of ``rgba`` and the method that made it.
 
     A meaningful alpha is used as is, unless it marks nearly nothing as
-    transparent (rounded corners, a transparent frame line): then the classical
-    removal runs and its mask is intersected with the given alpha.
+    transparent (rounded corners, a transparent frame line): then background
+    removal runs and its mask is intersected with the given alpha. Removal is
+    ``segmenter`` when given (a learned model), else the classical one.
     """
-    if has_meaningful_alpha(rgba):
-        coverage = float(np.mean(rgba[..., 3] >= 128))
-        if coverage < MIN_OBJECT_FRACTION:
-            raise ImagingError("the image is fully transparent", code="imaging.no_object")
-        if coverage <= MAX_OBJECT_FRACTION:
-            logger.info("cut-out: using the image's own alpha (%.1f%% of the frame)",
-                        100 * coverage)
-            return rgba, "alpha"
+    if alpha_is_cutout(rgba):
+        logger.info("cut-out: using the image's own alpha (%.1f%% of the frame)",
+                    100 * float(np.mean(rgba[..., 3] >= 128)))
+        return rgba, "alpha"
+    if segmenter is not None:
+        return segmenter(rgba), segmenter.method
     logger.info("cut-out: classical background removal")
     return remove_background(rgba, work_side=work_side), "classical"
+
+
+def alpha_is_cutout(rgba: RGBA) -> bool:
+    """Whether ``rgba``'s own alpha channel already is a cut-out (so removal is skipped).
+
+    Raises ``imaging.no_object`` for a fully transparent image.
+    """
+    if not has_meaningful_alpha(rgba):
+        return False
+    coverage = float(np.mean(rgba[..., 3] >= 128))
+    if coverage < MIN_OBJECT_FRACTION:
+        raise ImagingError("the image is fully transparent", code="imaging.no_object")
+    return coverage <= MAX_OBJECT_FRACTION
+
+
+def check_coverage(mask: npt.NDArray[np.bool_]) -> None:
+    """Refuse a mask that is empty or covers nearly the whole frame (``imaging.no_object``)."""
+    fraction = float(mask.mean()) if mask.size else 0.0
+    if fraction < MIN_OBJECT_FRACTION or fraction > MAX_OBJECT_FRACTION:
+        raise ImagingError(
+            f"no object stands out from the background (mask covers {100 * fraction:.1f}%)",
+            code="imaging.no_object")
 
 
 def remove_background(rgba: RGBA, *, work_side: int = 512) -> RGBA:
@@ -88,11 +117,7 @@ def remove_background(rgba: RGBA, *, work_side: int = 512) -> RGBA:
     distance = _distance_map(lab, usable=given_alpha)
     # 4.-5. threshold, border-connected background, components, clean-up
     mask = _object_mask(distance) & given_alpha
-    fraction = float(mask.mean())
-    if fraction < MIN_OBJECT_FRACTION or fraction > MAX_OBJECT_FRACTION:
-        raise ImagingError(
-            f"no object stands out from the background (mask covers {100 * fraction:.1f}%)",
-            code="imaging.no_object")
+    check_coverage(mask)
     # 6. full-resolution soft alpha
     alpha = _soft_alpha(mask, height=height, width=width)
     out = rgba.copy()

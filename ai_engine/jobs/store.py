@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from ai_engine.errors import EngineError
 from ai_engine.jobs.model import Job, JobStatus, Stage, utcnow
 
 T = TypeVar("T")
@@ -40,6 +41,13 @@ class QueueFull(Exception):
     def __init__(self, retry_after_s: int) -> None:
         super().__init__("queue is full")
         self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(EngineError):
+    """The shared store (Redis) cannot be reached; the caller may try again shortly."""
+
+    code = "store.unavailable"
+    retryable = True
 
 
 @dataclass
@@ -69,6 +77,7 @@ class JobStore(Protocol):
     async def cancel_queued(self, job_id: str) -> Job | None: ...
     async def request_cancel(self, job_id: str) -> Job | None: ...
     async def recover(self, *, max_attempts: int) -> tuple[list[Job], list[Job]]: ...
+    def release(self, job_id: str) -> None: ...
     async def queued_count(self) -> int: ...
     async def add_deliveries(self, deliveries: list[Delivery]) -> None: ...
     async def due_deliveries(self, *, now: float, limit: int) -> list[Delivery]: ...
@@ -303,6 +312,10 @@ class SqliteJobStore:
             job.cancel_requested = True
             await self.save(job)
         return job
+
+    def release(self, job_id: str) -> None:
+        """The executor's task for a claimed job ended (nothing to do here: ``recover``
+        requeues a job left running, at the next start)."""
 
     async def recover(self, *, max_attempts: int) -> tuple[list[Job], list[Job]]:
         """At start: requeue jobs left running by a dead process.

@@ -56,3 +56,51 @@ async def test_hunyuan3d_is_not_offered_without_weights(start_service, make_sett
     job = await client.post("/generate-3d", json={
         "session_id": "hy", "asset_id": "y", "image_url": image_server.add("c.png", photo)})
     assert (await wait_job(client, (await job.json())["job_id"]))["generator"] == "silhouette"
+
+
+def green_screen_photo() -> bytes:
+    """A red disc on a green backdrop (what the tiny ONNX test segmenter separates)."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[:384, :512]
+    image = np.zeros((384, 512, 3), np.uint8)
+    image[...] = (30, 200, 40)
+    disc = (xx - 300) ** 2 / 150**2 + (yy - 190) ** 2 / 110**2 < 1
+    image[disc] = (210, 40, 30)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def test_learned_cutout_and_intermediates(start_service, make_settings, image_server,
+                                                tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("rembg")
+    import numpy as np
+    from PIL import Image
+
+    from tests.imaging.tiny_models import write_onnx_segmenter
+
+    models = tmp_path / "models"
+    write_onnx_segmenter(models / "rembg" / "u2net.onnx")
+    client = await start_service(make_settings(models_dir=models))
+    resp = await client.post("/generate-3d", json={
+        "session_id": "cut", "asset_id": "disc",
+        "image_url": image_server.add("disc.png", green_screen_photo()),
+        "params": {"intermediates": True}})
+    assert resp.status == 202, await resp.text()
+    job = await wait_job(client, (await resp.json())["job_id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["intermediates"]["cutout_method"] == "rembg"
+    async with client.session.get(job["intermediates"]["cutout"]["url"]) as r:
+        cut = np.asarray(Image.open(io.BytesIO(await r.read())))
+    assert cut.shape[2] == 4
+    assert cut[190, 300, 3] > 200 and cut[5, 5, 3] < 20  # disc kept, backdrop removed
+    # the edit stage is not loaded here: asking for it is refused up front
+    resp = await client.post("/generate-3d", json={
+        "session_id": "cut", "asset_id": "edit",
+        "image_url": image_server.add("disc.png", green_screen_photo()),
+        "params": {"edit": True}})
+    assert resp.status == 422
+    assert (await resp.json())["errors"][0]["loc"] == ["params", "edit"]
