@@ -50,6 +50,28 @@ def splat_generator(engine: Engine) -> str:
     return default
 
 
+# TRELLIS's own sampler argument names -> our TrellisParams fields
+_SAMPLER_KEYS = {"steps": "steps", "cfg_strength": "cfg", "cfg_interval": "cfg_interval",
+                 "rescale_t": "rescale_t"}
+_SAMPLERS = {"sparse_structure_sampler_params": "ss", "slat_sampler_params": "slat"}
+
+
+def translate_trellis_params(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Accept both our flat names (``ss_steps``, ``slat_cfg``, ...) and TRELLIS's nested
+    ``sparse_structure_sampler_params`` / ``slat_sampler_params`` (``steps``,
+    ``cfg_strength``, ``cfg_interval``, ``rescale_t``). Unknown keys are kept, so that
+    validation reports them."""
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        prefix = _SAMPLERS.get(key)
+        if prefix is None or not isinstance(value, dict):
+            flat[key] = value
+            continue
+        for name, inner in value.items():
+            flat[f"{prefix}_{_SAMPLER_KEYS.get(name, name)}"] = inner
+    return flat
+
+
 def _params(engine: Engine, generator: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
     """Translate ``trellis_params`` into the generator's params (422 on unknown keys)."""
     if not overrides:
@@ -57,14 +79,12 @@ def _params(engine: Engine, generator: str, overrides: dict[str, Any] | None) ->
     if generator != "trellis":
         raise problems.invalid([{"loc": ["trellis_params"],
                                  "msg": "TRELLIS is not available here; omit trellis_params"}])
-    model = params_model(generator)
-    translate = getattr(model, "from_trellis_params", None)
+    flat = translate_trellis_params(overrides)
     try:
-        params = translate(overrides) if translate else model.model_validate(overrides)
+        params_model(generator).model_validate(flat)
     except ValidationError as exc:
         raise problems.validation_problem(exc, prefix=("trellis_params",)) from exc
-    dumped: dict[str, Any] = params.model_dump(exclude_unset=True)
-    return dumped
+    return flat
 
 
 async def run_sync_job(engine: Engine, image: bytes, *, seed: int, fmt: str,
