@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import AnyUrl, ValidationError
 
 from ai_engine.api import problems
 from ai_engine.api.schemas import JobAccepted, JobRequest
 from ai_engine.engine import ENGINE, Engine
 from ai_engine.errors import EngineError, UrlNotAllowed
-from ai_engine.fetch import decode_base64_image
+from ai_engine.fetch import decode_base64_image, is_public_address
 from ai_engine.generators.registry import FORMATS, params_model
 from ai_engine.imaging.params import IMAGING_KEYS, split_params
 from ai_engine.jobs.model import Job, new_job_id, random_seed, request_fingerprint
@@ -82,15 +83,33 @@ async def validate_job(engine: Engine, body: Any) -> tuple[JobRequest, str]:
     for field in ("image_url", "webhook_url"):
         url = getattr(req, field)
         if url is not None:
-            try:
-                await engine.fetcher.check_url(str(url))
-            except UrlNotAllowed as exc:
-                errors.append({"loc": [field], "msg": exc.message})
-            except EngineError:
-                pass  # unresolvable now: the fetch stage reports it on the job
+            problem = await url_problem(engine, url)
+            if problem:
+                errors.append({"loc": [field], "msg": problem})
     if errors:
         raise problems.invalid(errors)
     return req, generator
+
+
+async def url_problem(engine: Engine, url: AnyUrl) -> str | None:
+    """Why the address policy refuses ``url`` now, or None. The fetch stage checks again
+    (and every redirect): this is to refuse early, in the 422, what cannot work."""
+    host = (url.host or "").strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is not None:  # an address literal: judged here, without a parse or a resolver
+        if engine.settings.allow_private_urls or is_public_address(ip):
+            return None
+        return f"{host} is not a public address (AI_ENGINE_ALLOW_PRIVATE_URLS is off)"
+    try:
+        await engine.fetcher.check_url(str(url))
+    except UrlNotAllowed as exc:
+        return exc.message
+    except EngineError:
+        pass  # unresolvable now: the fetch stage reports it on the job
+    return None
 
 
 @routes.post("/generate-3d")
