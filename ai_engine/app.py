@@ -20,12 +20,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/health"})
 
 
+def signed_asset(request: web.Request) -> bool:
+    """A local asset URL with a valid signature needs no token (like a presigned URL)."""
+    if not request.path.startswith("/assets/"):
+        return False
+    verify = getattr(request.app[ENGINE].storage, "verify_signature", None)
+    return bool(verify and verify(request.path[len("/assets/"):],
+                                  request.query.get("expires", ""),
+                                  request.query.get("signature", "")))
+
+
 def auth_middleware(tokens: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
     encoded = [t.encode() for t in tokens]
 
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if encoded and request.path not in PUBLIC_PATHS:
+        if encoded and request.path not in PUBLIC_PATHS and not signed_asset(request):
             header = request.headers.get("Authorization", "")
             scheme, _, token = header.partition(" ")
             given = token.strip().encode()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -87,10 +88,13 @@ class Engine:
         self.fetcher = SafeFetcher(allow_private=s.allow_private_urls, timeout_s=s.fetch_timeout,
                                    max_bytes=s.fetch_max_bytes,
                                    max_redirects=s.fetch_max_redirects)
-        self.storage = await open_storage(s)
+        secret = load_or_create_secret(s.webhook_secret, s.data_dir)
+        # local asset URLs are signed with a key derived from the (shared) webhook secret,
+        # so every process of a deployment can check the URLs any other one made
+        signing_key = hashlib.sha256(b"ai-engine asset urls\n" + secret.encode()).digest()
+        self.storage = await open_storage(s, signing_key=signing_key)
         self._pool = ThreadPoolExecutor(max_workers=max(1, s.cpu_workers),
                                         thread_name_prefix="cpu")
-        secret = load_or_create_secret(s.webhook_secret, s.data_dir)
         self.deliverer = WebhookDeliverer(
             self.store, self.fetcher, Signer(secret), max_age_s=s.webhook_max_age_s,
             backoff_base_s=s.webhook_backoff_base_s, backoff_max_s=s.webhook_backoff_max_s,

@@ -29,9 +29,10 @@ def service_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-async def open_storage(settings: Settings) -> Storage:
+async def open_storage(settings: Settings, *, signing_key: bytes | None = None) -> Storage:
     """Open and check the storage ``settings`` name (``local`` or ``s3``).
 
+    ``signing_key`` signs local asset URLs (see :class:`LocalStorage`).
     Raises :class:`~ai_engine.errors.StorageError` when it cannot be used
     (``storage.bucket_not_found``, ``storage.access_denied``, an unwritable directory).
     """
@@ -42,7 +43,8 @@ async def open_storage(settings: Settings) -> Storage:
             region=settings.s3_region, public_base_url=settings.public_base_url,
             presign_expires_s=settings.presign_expires)
     else:
-        storage = LocalStorage(settings.assets_dir, base_url=service_url(settings))
+        storage = LocalStorage(settings.assets_dir, base_url=service_url(settings),
+                               signing_key=signing_key, expires_s=settings.presign_expires)
     try:
         await storage.check()
     except BaseException:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -23,11 +25,30 @@ from ai_engine.storage.base import StoredObject, check_key, invalid_key
 
 
 class LocalStorage:
-    """A directory of assets; ``base_url`` is where the service is reached (no trailing slash)."""
+    """A directory of assets; ``base_url`` is where the service is reached (no trailing slash).
 
-    def __init__(self, root: Path, *, base_url: str) -> None:
+    With a ``signing_key``, asset URLs carry an expiry and an HMAC signature
+    (``?expires=…&signature=…``), so a webhook receiver can download them without the
+    service's bearer token, as it would a presigned S3 URL.
+    """
+
+    def __init__(self, root: Path, *, base_url: str, signing_key: bytes | None = None,
+                 expires_s: int = 7 * 24 * 3600) -> None:
         self.root = Path(os.path.realpath(root))
         self.base_url = base_url.rstrip("/")
+        self._signing_key = signing_key
+        self._expires_s = expires_s
+
+    def _signature(self, key: str, expires: int) -> str:
+        assert self._signing_key is not None
+        message = f"{key}\n{expires}".encode()
+        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+
+    def verify_signature(self, key: str, expires: str, signature: str) -> bool:
+        """Whether ``signature`` signs ``key`` until ``expires`` (epoch seconds), not past."""
+        if self._signing_key is None or not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(self._signature(key, int(expires)), signature)
 
     async def check(self) -> None:
         """Create the root directory and make sure it is writable."""
@@ -62,7 +83,11 @@ class LocalStorage:
                             url=await self.url_for(key))
 
     async def url_for(self, key: str) -> str:
-        return f"{self.base_url}/assets/{quote(check_key(key))}"
+        url = f"{self.base_url}/assets/{quote(check_key(key))}"
+        if self._signing_key is None:
+            return url
+        expires = int(time.time()) + self._expires_s
+        return f"{url}?expires={expires}&signature={self._signature(key, expires)}"
 
     async def get(self, key: str) -> bytes:
         path = self.resolve_path(key)

@@ -123,6 +123,14 @@ async def test_bearer_tokens(start_service, make_settings, image_server, photo):
     job = await wait_job(client, (await ok.json())["job_id"],
                          headers={"Authorization": "Bearer t0k3n-a"})
     assert job["status"] == "succeeded"
+    # a webhook receiver downloads the asset with the signed URL alone, like a presigned one
+    url = job["assets"][0]["url"]
+    async with client.session.get(url) as r:
+        assert r.status == 200 and len(await r.read()) == job["assets"][0]["bytes"]
+    async with client.session.get(url.replace("signature=", "signature=0")) as r:
+        assert r.status == 401
+    async with client.session.get(url.split("?")[0]) as r:
+        assert r.status == 401
 
 
 async def test_queue_limit_answers_429_with_retry_after(start_service, make_settings, photo):

@@ -79,7 +79,7 @@ class Hunyuan3DGenerator:
                  adaptive_kv: bool = False) -> None:
         """``adaptive_kv``: FlashVDM's adaptive KV selection for the turbo decoder.
         Off by default: on an H100 the full attention (cuDNN) decodes as fast or
-        faster than selection plus its gathers (benchmarks/RESULTS_hunyuan3d.md)."""
+        faster than selection plus its gathers (benchmarks/RESULTS.md)."""
         self.pipeline = pipeline
         self.hierarchical = hierarchical
         self.adaptive_kv = adaptive_kv
