@@ -24,7 +24,8 @@ async def open_job_store(settings: Settings, *, events: JobEvents,
     """Open the configured store. ``on_cancel(job_id)`` and ``on_wake()`` let other
     processes stop a job running here and wake idle executors (shared queue only)."""
     if not settings.queue_url:
-        return await SqliteJobStore.open(settings.db_path)
+        return await SqliteJobStore.open(settings.db_path,
+                                         session_share=settings.session_queue_share)
     from ai_engine.jobs.redis_store import RedisJobStore
 
     return await RedisJobStore.open(

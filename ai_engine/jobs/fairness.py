@@ -1,6 +1,8 @@
-"""Back-pressure and fairness between callers of the shared queue.
+"""Back-pressure and fairness between callers.
 
-Two rules, both enforced atomically in Redis by :mod:`ai_engine.jobs.redis_store`:
+Two rules, enforced by both stores (atomically in Redis by
+:mod:`ai_engine.jobs.redis_store`; on the store's one thread by the embedded
+:class:`~ai_engine.jobs.store.SqliteJobStore`):
 
 1. **Admission.** At most ``MAX_QUEUE`` jobs wait in the whole queue, and at most
    ``session_cap(MAX_QUEUE, SESSION_QUEUE_SHARE)`` of them belong to one session

@@ -16,6 +16,7 @@ import contextlib
 import json
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ai_engine.errors import EngineError
+from ai_engine.jobs.fairness import retry_after_s, session_cap
 from ai_engine.jobs.model import Job, JobStatus, Stage, utcnow
 
 T = TypeVar("T")
@@ -164,13 +166,22 @@ class SqliteJobStore:
     commits; the event loop never waits on the disk.
     """
 
-    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor, *,
+                 session_share: float) -> None:
         self._conn = conn
         self._thread = thread
         self._queued = 0
+        # fairness (ai_engine.jobs.fairness): queued jobs per session, and when each
+        # session was last served, for round-robin dispatch across sessions
+        self._session_share = session_share
+        self._queued_by_session: Counter[str] = Counter()
+        self._served_at: dict[str, int] = {}
+        self._serves = 0
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteJobStore:
+    async def open(cls, path: Path, *, session_share: float = 1.0) -> SqliteJobStore:
+        """Open (creating) the database at ``path``. ``session_share`` is the share of the
+        queue limit one session may hold queued (1.0: no per-session cap)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
@@ -184,10 +195,19 @@ class SqliteJobStore:
 
         loop = asyncio.get_running_loop()
         conn = await loop.run_in_executor(thread, connect)
-        store = cls(conn, thread)
-        store._queued = await store._run(lambda c: c.execute(
-            "SELECT COUNT(*) FROM jobs WHERE status='queued'").fetchone()[0])
+        store = cls(conn, thread, session_share=session_share)
+        rows = await store._run(lambda c: c.execute(
+            "SELECT session_id, COUNT(*) FROM jobs WHERE status='queued' GROUP BY session_id"
+        ).fetchall())
+        store._queued_by_session.update({session: count for session, count in rows})
+        store._queued = sum(store._queued_by_session.values())
         return store
+
+    def _count(self, session_id: str, delta: int) -> None:
+        self._queued += delta
+        self._queued_by_session[session_id] += delta
+        if self._queued_by_session[session_id] <= 0:
+            del self._queued_by_session[session_id]
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -206,13 +226,15 @@ class SqliteJobStore:
         """
         body = job_to_json(job)
         queued = self._queued
+        full = queued >= max_queue or self._queued_by_session[job.session_id] >= session_cap(
+            max_queue, self._session_share)
 
         def work(c: sqlite3.Connection) -> tuple[str | None, bool]:
             row = c.execute("SELECT body FROM jobs WHERE session_id=? AND asset_id=?",
                             (job.session_id, job.asset_id)).fetchone()
             if row is not None:
                 return row[0], False
-            if queued >= max_queue:
+            if full:
                 return None, False
             c.execute("INSERT INTO jobs (job_id, session_id, asset_id, request_hash, status,"
                       " body) VALUES (?, ?, ?, ?, 'queued', ?)",
@@ -221,10 +243,10 @@ class SqliteJobStore:
 
         existing_body, created = await self._run(work)
         if created:
-            self._queued += 1
+            self._count(job.session_id, +1)
             return job, True
         if existing_body is None:
-            raise QueueFull(retry_after_s=max(1, min(60, queued // 100)))
+            raise QueueFull(retry_after_s=retry_after_s(queued))
         existing = job_from_json(existing_body)
         if existing.request_hash != job.request_hash:
             raise Conflict(existing)
@@ -236,14 +258,21 @@ class SqliteJobStore:
         return job_from_json(row[0]) if row else None
 
     async def claim(self) -> Job | None:
-        """Take the oldest due queued job, mark it running and count the attempt."""
+        """Take the next due queued job, mark it running and count the attempt.
+
+        Sessions with due jobs take turns (the one served longest ago first); within a
+        session, jobs go in submission order.
+        """
         now = time.time()
+        served_at = dict(self._served_at)
 
         def work(c: sqlite3.Connection) -> Job | None:
-            row = c.execute("SELECT body FROM jobs WHERE status='queued' AND not_before<=? "
-                            "ORDER BY seq LIMIT 1", (now,)).fetchone()
-            if row is None:
+            heads = c.execute("SELECT session_id, MIN(seq) FROM jobs WHERE status='queued' AND"
+                              " not_before<=? GROUP BY session_id", (now,)).fetchall()
+            if not heads:
                 return None
+            _, seq = min(heads, key=lambda h: (served_at.get(h[0], -1), h[1]))
+            row = c.execute("SELECT body FROM jobs WHERE seq=?", (seq,)).fetchone()
             job = job_from_json(row[0])
             job.status = JobStatus.RUNNING
             job.attempts += 1
@@ -255,7 +284,12 @@ class SqliteJobStore:
 
         job = await self._run(work)  # one thread: no other claimer in between
         if job is not None:
-            self._queued -= 1
+            self._count(job.session_id, -1)
+            self._serves += 1
+            self._served_at[job.session_id] = self._serves
+            if job.session_id not in self._queued_by_session:
+                # nothing left queued: forget the turn (an idle session comes back first)
+                del self._served_at[job.session_id]
         return job
 
     async def save(self, job: Job) -> None:
@@ -282,7 +316,7 @@ class SqliteJobStore:
         await self._run(lambda c: c.execute(
             "UPDATE jobs SET status='queued', not_before=?, body=? WHERE job_id=?",
             (job.not_before, body, job.job_id)))
-        self._queued += 1
+        self._count(job.session_id, +1)
 
     async def cancel_queued(self, job_id: str) -> Job | None:
         """Cancel a job that is still queued; returns it, or None if it is not queued."""
@@ -301,7 +335,7 @@ class SqliteJobStore:
 
         job = await self._run(work)
         if job is not None:
-            self._queued -= 1
+            self._count(job.session_id, -1)
         return job
 
     async def request_cancel(self, job_id: str) -> Job | None:

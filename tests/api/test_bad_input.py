@@ -134,12 +134,14 @@ async def test_bearer_tokens(start_service, make_settings, image_server, photo):
 
 
 async def test_queue_limit_answers_429_with_retry_after(start_service, make_settings, photo):
-    client = await start_service(make_settings(max_queue=3), run_executors=False)
+    client = await start_service(make_settings(max_queue=4), run_executors=False)
     statuses = []
-    for i in range(5):
-        resp = await client.post("/generate-3d", json={"session_id": "q", "asset_id": f"a{i}",
-                                                       "image_url": "http://127.0.0.1:9/x.png"})
+    for session, i in [("q", 0), ("q", 1), ("q", 2), ("r", 0), ("r", 1), ("s", 0)]:
+        resp = await client.post("/generate-3d", json={
+            "session_id": session, "asset_id": f"a{i}", "image_url": "http://127.0.0.1:9/x.png"})
         statuses.append(resp.status)
         if resp.status == 429:
             assert int(resp.headers["Retry-After"]) >= 1
-    assert statuses == [202, 202, 202, 429, 429]
+            assert resp.headers["Content-Type"].startswith("application/problem+json")
+    # one session holds at most half the queue (q's third); the whole queue holds 4 (s)
+    assert statuses == [202, 202, 429, 202, 202, 429]

@@ -30,7 +30,8 @@ class Stores:
     async def open(self, **options: Any) -> JobStore:
         store: JobStore
         if self.kind == "sqlite":
-            store = await SqliteJobStore.open(self.path)
+            store = await SqliteJobStore.open(
+                self.path, session_share=options.get("session_share", 0.5))
         else:
             assert self.server is not None
             values: dict[str, Any] = {"prefix": self.prefix, "lease_s": LEASE_S,

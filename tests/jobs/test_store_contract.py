@@ -192,3 +192,23 @@ async def test_an_interrupted_job_runs_again_with_its_attempt_counted(stores: St
         await asyncio.sleep(LEASE_S + 0.1)
     again = await second.claim()
     assert again is not None and again.job_id == job.job_id and again.attempts == 2
+
+
+async def test_sessions_take_turns_and_one_session_holds_at_most_its_share(
+        stores: Stores) -> None:
+    store = await stores.open(session_share=0.5)
+    burst = [make_job("burst", f"b{i}") for i in range(5)]
+    for job in burst:
+        await store.submit(job, max_queue=10)
+    with pytest.raises(QueueFull):  # half of the queue limit is the burst's share
+        await store.submit(make_job("burst", "b5"), max_queue=10)
+    calm = [make_job("calm", f"c{i}") for i in range(2)]
+    for job in calm:
+        await store.submit(job, max_queue=10)
+    order = []
+    while (job := await store.claim()) is not None:
+        order.append(job.job_id)
+    # the calm caller waits for one burst job per turn, not behind the whole burst
+    expected = [burst[0], calm[0], burst[1], calm[1], burst[2], burst[3], burst[4]]
+    assert order[:4] == [j.job_id for j in expected[:4]]
+    assert sorted(order) == sorted(j.job_id for j in burst + calm)
