@@ -107,7 +107,8 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
             data = Path(source).read_bytes()
         step("loading model", 5)
         device = args.device or ("cuda" if name != "silhouette" and _has_cuda() else "cpu")
-        generator = load_generator(name, models_dir=settings.models_dir, device=device)
+        generator = load_generator(name, models_dir=settings.models_dir, device=device,
+                                   settings=settings)
         step("preparing image", 10)
         from ai_engine.imaging.segment import load_segmenter
 

@@ -44,7 +44,8 @@ class DeviceExecutor:
         for name in self.generator_names:
             self.generators[name] = await loop.run_in_executor(
                 self.pool, lambda n=name: load_generator(  # type: ignore[misc]
-                    n, models_dir=self.s.settings.models_dir, device=self.device))
+                    n, models_dir=self.s.settings.models_dir, device=self.device,
+                    settings=self.s.settings))
         self.runner = JobRunner(self.s, device=self.device, generators=self.generators,
                                 device_pool=self.pool)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ai_engine.config import Settings
 from ai_engine.errors import SetupError
 from ai_engine.generators.base import Generator
 
@@ -72,10 +73,23 @@ def resolve_auto(models_dir: Path) -> str:
                                                               has_gpu=True) else "silhouette"
 
 
-def load_generator(name: str, *, models_dir: Path, device: str) -> Generator:
+def load_options(name: str, settings: Settings | None) -> dict[str, Any]:
+    """Loader keyword arguments a generator takes from the settings."""
+    if settings is None:
+        return {}
+    if name == "hunyuan3d":
+        return {"compile_dit": settings.hunyuan3d_compile,
+                "adaptive_kv": settings.hunyuan3d_adaptive_kv}
+    return {}
+
+
+def load_generator(name: str, *, models_dir: Path, device: str,
+                   settings: Settings | None = None) -> Generator:
     """Build and warm up one generator instance for ``device`` (blocking; run off the loop)."""
     cls = generator_class(name)
     loader = getattr(cls, "load", None)
-    generator: Generator = loader(models_dir=models_dir, device=device) if loader else cls()
+    options = load_options(name, settings)
+    generator: Generator = loader(models_dir=models_dir, device=device, **options) \
+        if loader else cls()
     log.info("generator %s ready on %s", name, device)
     return generator
