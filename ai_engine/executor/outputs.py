@@ -31,11 +31,13 @@ class OutputFile:
 
 def export_outputs(output: GeneratorOutput, formats: list[str], *,
                    thumbnail: bool = True) -> tuple[list[OutputFile], OutputFile | None]:
-    """Encode ``output`` in each of ``formats``; returns (files, thumbnail PNG or None)."""
+    """Finish ``output`` (its post-processing) and encode it in each of ``formats``;
+    returns (files, thumbnail PNG or None)."""
     from ai_engine.geometry.export import export_mesh
     from ai_engine.geometry.splats import gaussians_from_mesh, write_ply, write_spz
     from ai_engine.geometry.thumbnail import render_thumbnail
 
+    output = output.finished()
     files: list[OutputFile] = []
     gaussians: Gaussians | None = output.gaussians
     for fmt in formats:

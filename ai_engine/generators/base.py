@@ -34,11 +34,23 @@ class NoParams(BaseModel):
 
 @dataclass
 class GeneratorOutput:
-    """A generator's result: a mesh, Gaussians, or both."""
+    """A generator's result: a mesh, Gaussians, or both.
+
+    ``postprocess`` is CPU-bound work still to do on the result (mesh clean-up and the
+    face budget): the executor runs it on its CPU pool, in the export stage, so the
+    device thread is free for the next job meanwhile.
+    """
 
     mesh: Mesh | None = None
     gaussians: Gaussians | None = None
     info: dict[str, Any] | None = None
+    postprocess: Callable[[GeneratorOutput], GeneratorOutput] | None = None
+
+    def finished(self) -> GeneratorOutput:
+        """The result with its post-processing done."""
+        if self.postprocess is None:
+            return self
+        return self.postprocess(self)
 
 
 class Generator(Protocol):

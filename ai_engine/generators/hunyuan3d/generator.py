@@ -12,6 +12,7 @@ Either way the device stays usable for the next job.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from pathlib import Path
@@ -145,17 +146,14 @@ class Hunyuan3DGenerator:
                 self._free_memory()
                 raise GpuOutOfMemory("the GPU ran out of memory twice (retried at octree "
                                      f"resolution {plan.resolution})")
-        mesh = clean_mesh(result.mesh, face_count=opts.face_count)
-        if mesh.is_empty:
-            raise GenerateError("no surface left after removing degenerate parts",
-                                code="generate.empty_mesh")
         on_progress(1.0)
         info = {"variant": variant, "steps": steps, "guidance": opts.guidance,
                 "octree_resolution": plan.resolution, "num_chunks": plan.chunk_size,
                 "decoding": "hierarchical" if plan.hierarchical else "dense",
                 "adaptive_kv": plan.adaptive_kv, "field_queries": result.queries,
                 "timings_s": result.timings_s, "oom_retry": retried}
-        return GeneratorOutput(mesh=mesh, info=info)
+        return GeneratorOutput(mesh=result.mesh, info=info,
+                               postprocess=functools.partial(_clean, face_count=opts.face_count))
 
     def _run(self, framed: RGBA, opts: Hunyuan3DParams, variant: str, steps: int, seed: int,
              plan: SurfacePlan, on_progress: ProgressFn) -> Any:
@@ -196,3 +194,13 @@ def _is_oom(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError)
+
+
+def _clean(output: GeneratorOutput, *, face_count: int | None) -> GeneratorOutput:
+    """Mesh clean-up and the face budget: CPU work, run by the executor off the device."""
+    assert output.mesh is not None
+    mesh = clean_mesh(output.mesh, face_count=face_count)
+    if mesh.is_empty:
+        raise GenerateError("no surface left after removing degenerate parts",
+                            code="generate.empty_mesh")
+    return GeneratorOutput(mesh=mesh, info=output.info)
