@@ -77,7 +77,8 @@ async def validate_job(engine: Engine, body: Any) -> tuple[JobRequest, str]:
             errors.append({"loc": ["generator"], "msg": exc.message})
     if req.image_base64 is not None:
         try:
-            decode_base64_image(req.image_base64, max_bytes=engine.settings.fetch_max_bytes)
+            await asyncio.to_thread(decode_base64_image, req.image_base64,
+                                    max_bytes=engine.settings.fetch_max_bytes)
         except EngineError as exc:
             errors.append({"loc": ["image_base64"], "msg": exc.message})
     for field in ("image_url", "webhook_url"):
@@ -170,28 +171,36 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
     try:
-        job = await engine.store.get(job_id) or job  # re-read after subscribing: no gap
-        data: dict[str, Any] = job.public()
-        last: tuple[Any, ...] | None = None
-        while True:
-            state = (data["status"], data["stage"], data["progress"])
-            if state != last:
-                await response.write(f"event: job\ndata: {json.dumps(data)}\n\n".encode())
-                last = state
-            if data["status"] in ("succeeded", "failed", "canceled"):
-                break
-            try:
-                data = await asyncio.wait_for(queue.get(), timeout=15.0)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                fresh = await engine.store.get(job_id)  # another process may own the job
-                if fresh is not None:
-                    data = fresh.public()
+        await _stream_job(engine, job_id, job, queue, response)
+    except ConnectionResetError:
+        return response  # the client went away
     finally:
         engine.events.unsubscribe(job_id, queue)
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response
+
+
+async def _stream_job(engine: Engine, job_id: str, job: Job,
+                      queue: asyncio.Queue[dict[str, Any]],
+                      response: web.StreamResponse) -> None:
+    job = await engine.store.get(job_id) or job  # re-read after subscribing: no gap
+    data: dict[str, Any] = job.public()
+    last: tuple[Any, ...] | None = None
+    while True:
+        state = (data["status"], data["stage"], data["progress"])
+        if state != last:
+            await response.write(f"event: job\ndata: {json.dumps(data)}\n\n".encode())
+            last = state
+        if data["status"] in ("succeeded", "failed", "canceled"):
+            return
+        try:
+            data = await asyncio.wait_for(queue.get(), timeout=15.0)
+        except TimeoutError:
+            await response.write(b": keep-alive\n\n")
+            fresh = await engine.store.get(job_id)  # another process may own the job
+            if fresh is not None:
+                data = fresh.public()
 
 
 @routes.post("/v1/jobs/{job_id}/cancel")

@@ -27,6 +27,7 @@ from ai_engine.errors import EngineError
 from ai_engine.fetch import decode_base64_image
 from ai_engine.generators.registry import params_model
 from ai_engine.jobs.model import Job, new_job_id, request_fingerprint
+from ai_engine.jobs.store import QueueFull, StoreUnavailable
 
 sync_routes = web.RouteTableDef()
 SYNC_TIMEOUT_S = 900.0
@@ -101,7 +102,12 @@ async def run_sync_job(engine: Engine, image: bytes, *, seed: int, fmt: str,
               seed=seed if seed >= 0 else secrets.randbelow(2**31))
     queue = engine.events.subscribe(job.job_id)
     try:
-        await engine.store.submit(job, max_queue=engine.settings.max_queue)
+        try:
+            await engine.store.submit(job, max_queue=engine.settings.max_queue)
+        except QueueFull as exc:
+            raise problems.queue_full(exc.retry_after_s) from exc
+        except StoreUnavailable as exc:
+            raise problems.unavailable("unable to reach its job store") from exc
         engine.wake_executors()
         deadline = time.monotonic() + SYNC_TIMEOUT_S
         while not job.status.is_terminal:

@@ -77,6 +77,11 @@ class DeviceExecutor:
             if job is None:
                 await self._wait(0.5)
                 continue
+            if not self._claiming:  # the drain began during the claim: give it back
+                job.attempts = max(0, job.attempts - 1)
+                await self.s.store.requeue(job, delay_s=0)
+                self.s.store.release(job.job_id)
+                return
             self._start(job)
 
     async def _wait(self, timeout_s: float) -> None:
@@ -104,9 +109,14 @@ class DeviceExecutor:
         self._claiming = False
         self._wake.set()
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            # let the loop leave between two claims: cancelling it inside a claim could
+            # leave a job marked running with no task to run it
+            try:
+                await asyncio.wait_for(asyncio.shield(self._loop_task), timeout=10.0)
+            except TimeoutError:
+                self._loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._loop_task
         running = dict(self._running)
         if running:
             log.info("draining %s: waiting for %d running jobs", self.device, len(running))

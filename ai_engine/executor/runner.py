@@ -79,6 +79,12 @@ class JobRunner:
             if not isinstance(exc, EngineError):
                 log.exception("job %s failed unexpectedly", job.job_id)
             if err.retryable and job.attempts < self.s.settings.max_attempts:
+                stored = await self.s.store.get(job.job_id)
+                if cancel.is_set() or (stored is not None and stored.cancel_requested):
+                    # canceled while this attempt failed: end here, never run it again
+                    await ctx.end(JobStatus.CANCELED,
+                                  {"code": Canceled.code, "message": "canceled"})
+                    return
                 delay_s = min(60.0, 2.0 ** job.attempts)
                 log.warning("job %s: %s (%s), retry in %.0fs", job.job_id, err.code,
                             err.message, delay_s)
@@ -143,7 +149,8 @@ class _JobContext:
     async def fetch(self) -> bytes:
         req, settings = self.job.request, self.s.settings
         if req.get("image_base64"):
-            return decode_base64_image(req["image_base64"], max_bytes=settings.fetch_max_bytes)
+            return await asyncio.to_thread(decode_base64_image, req["image_base64"],
+                                           max_bytes=settings.fetch_max_bytes)
         return await self.s.fetcher.fetch_image(str(req["image_url"]))
 
     def key(self, name: str) -> str:
@@ -187,6 +194,8 @@ class _JobContext:
         try:
             return await asyncio.wait_for(work, timeout=self.s.settings.stage_timeout_s)
         except TimeoutError as exc:
+            # the work may go on in its thread: the next generator step sees this and stops
+            self.cancel.set()
             raise StageTimeout(f"stage {stage.value} took longer than "
                                f"{self.s.settings.stage_timeout_s:.0f}s") from exc
         finally:
@@ -223,6 +232,8 @@ class _JobContext:
         self._loop.call_soon_threadsafe(self.progress, fraction)
 
     def progress(self, fraction: float) -> None:
+        if self.job.status.is_terminal:
+            return  # a late report from work that outlived its stage
         value = overall_progress(self.stage, fraction)
         if value <= self.job.progress:
             return

@@ -294,8 +294,7 @@ class SqliteJobStore:
 
     async def save(self, job: Job) -> None:
         body = job_to_json(job)
-        await self._run(lambda c: c.execute("UPDATE jobs SET status=?, body=? WHERE job_id=?",
-                                            (job.status.value, body, job.job_id)))
+        await self._run(lambda c: _write(c, job, body))
 
     async def finish(self, job: Job, deliveries: list[Delivery]) -> None:
         """Write the terminal state and enqueue its webhook deliveries atomically."""
@@ -303,8 +302,7 @@ class SqliteJobStore:
 
         def work(c: sqlite3.Connection) -> None:
             with _transaction(c):
-                c.execute("UPDATE jobs SET status=?, body=? WHERE job_id=?",
-                          (job.status.value, body, job.job_id))
+                _write(c, job, body)
                 _insert_deliveries(c, deliveries)
 
         await self._run(work)
@@ -313,9 +311,7 @@ class SqliteJobStore:
         job.status, job.stage, job.progress = JobStatus.QUEUED, None, 0
         job.not_before = time.time() + delay_s
         body = job_to_json(job)
-        await self._run(lambda c: c.execute(
-            "UPDATE jobs SET status='queued', not_before=?, body=? WHERE job_id=?",
-            (job.not_before, body, job.job_id)))
+        await self._run(lambda c: _write(c, job, body, not_before=job.not_before))
         self._count(job.session_id, +1)
 
     async def cancel_queued(self, job_id: str) -> Job | None:
@@ -339,13 +335,15 @@ class SqliteJobStore:
         return job
 
     async def request_cancel(self, job_id: str) -> Job | None:
-        job = await self.get(job_id)
-        if job is None:
-            return None
-        if not job.status.is_terminal:
-            job.cancel_requested = True
-            await self.save(job)
-        return job
+        """Flag a job that has not ended for cancellation; returns the job as stored."""
+        def work(c: sqlite3.Connection) -> str | None:
+            c.execute("UPDATE jobs SET body=json_set(body, '$.cancel_requested', json('true'))"
+                      " WHERE job_id=? AND status IN ('queued', 'running')", (job_id,))
+            row = c.execute("SELECT body FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            return str(row[0]) if row else None
+
+        body = await self._run(work)  # one step on the store's thread: no lost update
+        return job_from_json(body) if body is not None else None
 
     def release(self, job_id: str) -> None:
         """The executor's task for a claimed job ended (nothing to do here: ``recover``
@@ -413,6 +411,24 @@ class SqliteJobStore:
                 return int(cur.rowcount)
 
         return await self._run(work)
+
+
+def _write(c: sqlite3.Connection, job: Job, body: str, *,
+           not_before: float | None = None) -> None:
+    """Store ``job`` (serialised as ``body``), keeping a cancellation requested meanwhile:
+    the writer's copy may predate it, and a cancel must never be lost."""
+    row = c.execute("SELECT json_extract(body, '$.cancel_requested') FROM jobs WHERE job_id=?",
+                    (job.job_id,)).fetchone()
+    if not_before is None:
+        c.execute("UPDATE jobs SET status=?, body=? WHERE job_id=?",
+                  (job.status.value, body, job.job_id))
+    else:
+        c.execute("UPDATE jobs SET status=?, not_before=?, body=? WHERE job_id=?",
+                  (job.status.value, not_before, body, job.job_id))
+    if row is not None and row[0] and not job.cancel_requested:
+        job.cancel_requested = True
+        c.execute("UPDATE jobs SET body=json_set(body, '$.cancel_requested', json('true'))"
+                  " WHERE job_id=?", (job.job_id,))
 
 
 @contextlib.contextmanager

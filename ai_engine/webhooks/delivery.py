@@ -71,9 +71,17 @@ class WebhookDeliverer:
         """Deliver until cancelled; sleeps until the next delivery is due or woken."""
         while not self._stopping:
             self._wake.clear()
-            await self.dispatch_due()
-            next_at = await self._store.next_delivery_at()
+            try:
+                await self.dispatch_due()
+                next_at = await self._store.next_delivery_at()
+            except Exception:  # a store hiccup must not end deliveries for good
+                log.exception("webhook dispatch failed; retrying in 1 s")
+                next_at = time.time() + 1.0
             sleep_s = 1.0 if next_at is None else min(1.0, max(0.01, next_at - time.time()))
+            if sleep_s < 0.25 and self._in_flight:
+                # what is due is (mostly) in flight: wait for a delivery to finish (it wakes
+                # this loop) rather than polling the store
+                sleep_s = 0.25
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=sleep_s)
 
@@ -105,7 +113,11 @@ class WebhookDeliverer:
 
     async def _deliver(self, delivery: Delivery) -> None:
         async with self._sem:
-            outcome = await self._attempt(delivery)
+            try:
+                outcome = await self._attempt(delivery)
+            except Exception:
+                log.exception("webhook %s: attempt failed unexpectedly", delivery.webhook_id)
+                outcome = "error"
         if self._metrics is not None:
             self._metrics.webhook_deliveries.labels(outcome=outcome).inc()
         self._wake.set()  # the job's next event may now go
@@ -125,6 +137,8 @@ class WebhookDeliverer:
                 await self._store.update_delivery(d)
                 log.warning("webhook %s to %s refused by policy: %s", d.webhook_id, d.url, error)
                 return "blocked"
+        except Exception as exc:  # anything else: a failed attempt, retried with backoff
+            error = f"{type(exc).__name__}: {exc}"
         if error is None:
             d.status, d.last_error = "delivered", None
             await self._store.update_delivery(d)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import io
 import json
@@ -175,3 +177,18 @@ async def test_job_end_to_end_s3_storage(start_service, make_settings, image_ser
     listed = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=f"e2e/sess-s3/cup/{job_id}/")
     names = sorted(o["Key"].rsplit("/", 1)[1] for o in listed["Contents"])
     assert names == ["model.glb", "splat.spz", "thumbnail.png"]
+
+
+async def test_stage_timeout_fails_the_job_and_the_executor_goes_on(start_service,
+                                                                    make_settings, photo):
+    client = await start_service(make_settings(stage_timeout_s=0.15))
+    image = base64.b64encode(photo).decode()
+    slow = await client.post("/generate-3d", json={
+        "session_id": "t", "asset_id": "slow", "image_base64": image,
+        "params": {"resolution": 256, "face_count": None}})
+    job = await wait_job(client, (await slow.json())["job_id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "job.stage_timeout"
+    progress = job["progress"]
+    await asyncio.sleep(1.0)  # the abandoned work stops at its next step, changing nothing
+    again = await (await client.get(f"/v1/jobs/{job['job_id']}")).json()
+    assert again["status"] == "failed" and again["progress"] == progress

@@ -104,3 +104,13 @@ async def test_sync_endpoints_fall_back_to_the_default_generator(start_service, 
     assert resp.status == 422
     problem = await resp.json()
     assert problem["errors"][0]["loc"] == ["prompt_image"], problem
+
+
+async def test_sync_endpoints_answer_429_when_the_queue_is_full(start_service, make_settings,
+                                                                photo):
+    client = await start_service(make_settings(max_queue=0))
+    resp = await client.post("/generate_from_base64", json={
+        "prompt_type": "image", "prompt_image": base64.b64encode(photo).decode()})
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+    resp = await client.post("/generate", data=form(photo))
+    assert resp.status == 429

@@ -212,3 +212,27 @@ async def test_sessions_take_turns_and_one_session_holds_at_most_its_share(
     expected = [burst[0], calm[0], burst[1], calm[1], burst[2], burst[3], burst[4]]
     assert order[:4] == [j.job_id for j in expected[:4]]
     assert sorted(order) == sorted(j.job_id for j in burst + calm)
+
+
+async def test_a_cancel_never_overwrites_an_end_nor_is_lost(stores: Stores) -> None:
+    store = await stores.open()
+    first = make_job("race", "end")
+    await store.submit(first, max_queue=10)
+    running = await store.claim()
+    assert running is not None
+    running.status, running.finished_at = JobStatus.SUCCEEDED, running.started_at
+    # a cancel arriving as the job ends: the end stays
+    await asyncio.gather(store.request_cancel(first.job_id), store.finish(running, []))
+    stored = await store.get(first.job_id)
+    assert stored is not None and stored.status == JobStatus.SUCCEEDED
+
+    second = make_job("race", "retry")
+    await store.submit(second, max_queue=10)
+    attempt = await store.claim()
+    assert attempt is not None and not attempt.cancel_requested
+    await store.request_cancel(second.job_id)
+    # the executor's copy predates the cancel; writing it back must keep the cancel
+    await store.save(attempt)
+    await store.requeue(attempt, delay_s=0)
+    stored = await store.get(second.job_id)
+    assert stored is not None and stored.cancel_requested

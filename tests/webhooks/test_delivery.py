@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import web
 
@@ -85,3 +86,44 @@ def test_retry_after_parsing():
     assert retry_after_s({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
     assert retry_after_s({}) is None
     assert retry_after_s({"Retry-After": "soon"}) is None
+
+
+async def test_deliveries_survive_a_store_error(tmp_path, receiver, webhook_secret):
+    """One failed read of the outbox must not stop deliveries for good."""
+    import time
+
+    from ai_engine.fetch import SafeFetcher
+    from ai_engine.jobs.store import Delivery, SqliteJobStore
+    from ai_engine.webhooks.delivery import WebhookDeliverer
+    from ai_engine.webhooks.events import Signer
+
+    store = await SqliteJobStore.open(tmp_path / "jobs.sqlite3")
+    real_due = store.due_deliveries
+    failures = [RuntimeError("database is locked")]
+
+    async def flaky_due(*, now: float, limit: int) -> list[Delivery]:
+        if failures:
+            raise failures.pop()
+        return await real_due(now=now, limit=limit)
+
+    store.due_deliveries = flaky_due  # type: ignore[method-assign]
+    fetcher = SafeFetcher(allow_private=True, timeout_s=5, max_bytes=10**6)
+    deliverer = WebhookDeliverer(store, fetcher, Signer(webhook_secret), max_age_s=60,
+                                 backoff_base_s=0.05, backoff_max_s=0.2)
+    task = asyncio.create_task(deliverer.run())
+    try:
+        now = time.time()
+        body = '{"type": "asset.completed", "timestamp": "t", "data": {"job_id": "job_x"}}'
+        await store.add_deliveries([Delivery(webhook_id="msg_x", job_id="job_x",
+                                             url=receiver.url, event_type="asset.completed",
+                                             payload=body, created_at=now,
+                                             next_attempt_at=now)])
+        deliverer.wake()
+        await receiver.wait_for(lambda r: len(r.received) == 1, timeout_s=10)
+        assert not failures and receiver.received[0].webhook_id == "msg_x"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await fetcher.aclose()
+        await store.close()
