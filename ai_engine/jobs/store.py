@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import time
@@ -99,6 +100,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     status TEXT NOT NULL,
     not_before REAL NOT NULL DEFAULT 0,
     body TEXT NOT NULL,
+    request TEXT NOT NULL DEFAULT '',
     UNIQUE (session_id, asset_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
@@ -159,6 +161,19 @@ def job_from_json(text: str) -> Job:
     )
 
 
+def _body(job: Job) -> str:
+    """The job record without its request: the request (an inline image may be megabytes)
+    is written once at submission, in its own column, not at every save."""
+    return job_to_json(dataclasses.replace(job, request={}))
+
+
+def _from_row(row: tuple[str, str] | Any) -> Job:
+    job = job_from_json(row[0])
+    if row[1]:
+        job.request = json.loads(row[1])
+    return job
+
+
 class SqliteJobStore:
     """Embedded store: one SQLite file in WAL mode, one connection on its own thread.
 
@@ -191,6 +206,9 @@ class SqliteJobStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+            if "request" not in columns:  # a database from before requests had their column
+                conn.execute("ALTER TABLE jobs ADD COLUMN request TEXT NOT NULL DEFAULT ''")
             return conn
 
         loop = asyncio.get_running_loop()
@@ -224,21 +242,23 @@ class SqliteJobStore:
         Returns ``(job, created)``; raises :class:`Conflict` when the key exists
         with another body, :class:`QueueFull` when the queue is at its limit.
         """
-        body = job_to_json(job)
+        body = _body(job)
+        request = json.dumps(job.request, separators=(",", ":"))
         queued = self._queued
         full = queued >= max_queue or self._queued_by_session[job.session_id] >= session_cap(
             max_queue, self._session_share)
 
-        def work(c: sqlite3.Connection) -> tuple[str | None, bool]:
-            row = c.execute("SELECT body FROM jobs WHERE session_id=? AND asset_id=?",
+        def work(c: sqlite3.Connection) -> tuple[Any, bool]:
+            row = c.execute("SELECT body, request FROM jobs WHERE session_id=? AND asset_id=?",
                             (job.session_id, job.asset_id)).fetchone()
             if row is not None:
-                return row[0], False
+                return row, False
             if full:
                 return None, False
             c.execute("INSERT INTO jobs (job_id, session_id, asset_id, request_hash, status,"
-                      " body) VALUES (?, ?, ?, ?, 'queued', ?)",
-                      (job.job_id, job.session_id, job.asset_id, job.request_hash, body))
+                      " body, request) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                      (job.job_id, job.session_id, job.asset_id, job.request_hash, body,
+                       request))
             return None, True
 
         existing_body, created = await self._run(work)
@@ -247,15 +267,15 @@ class SqliteJobStore:
             return job, True
         if existing_body is None:
             raise QueueFull(retry_after_s=retry_after_s(queued))
-        existing = job_from_json(existing_body)
+        existing = _from_row(existing_body)
         if existing.request_hash != job.request_hash:
             raise Conflict(existing)
         return existing, False
 
     async def get(self, job_id: str) -> Job | None:
         row = await self._run(lambda c: c.execute(
-            "SELECT body FROM jobs WHERE job_id=?", (job_id,)).fetchone())
-        return job_from_json(row[0]) if row else None
+            "SELECT body, request FROM jobs WHERE job_id=?", (job_id,)).fetchone())
+        return _from_row(row) if row else None
 
     async def claim(self) -> Job | None:
         """Take the next due queued job, mark it running and count the attempt.
@@ -272,14 +292,14 @@ class SqliteJobStore:
             if not heads:
                 return None
             _, seq = min(heads, key=lambda h: (served_at.get(h[0], -1), h[1]))
-            row = c.execute("SELECT body FROM jobs WHERE seq=?", (seq,)).fetchone()
-            job = job_from_json(row[0])
+            row = c.execute("SELECT body, request FROM jobs WHERE seq=?", (seq,)).fetchone()
+            job = _from_row(row)
             job.status = JobStatus.RUNNING
             job.attempts += 1
             job.started_at = job.started_at or utcnow()
             job.stage, job.progress = None, 0
             c.execute("UPDATE jobs SET status='running', body=? WHERE job_id=?",
-                      (job_to_json(job), job.job_id))
+                      (_body(job), job.job_id))
             return job
 
         job = await self._run(work)  # one thread: no other claimer in between
@@ -293,12 +313,12 @@ class SqliteJobStore:
         return job
 
     async def save(self, job: Job) -> None:
-        body = job_to_json(job)
+        body = _body(job)
         await self._run(lambda c: _write(c, job, body))
 
     async def finish(self, job: Job, deliveries: list[Delivery]) -> None:
         """Write the terminal state and enqueue its webhook deliveries atomically."""
-        body = job_to_json(job)
+        body = _body(job)
 
         def work(c: sqlite3.Connection) -> None:
             with _transaction(c):
@@ -310,23 +330,23 @@ class SqliteJobStore:
     async def requeue(self, job: Job, *, delay_s: float) -> None:
         job.status, job.stage, job.progress = JobStatus.QUEUED, None, 0
         job.not_before = time.time() + delay_s
-        body = job_to_json(job)
+        body = _body(job)
         await self._run(lambda c: _write(c, job, body, not_before=job.not_before))
         self._count(job.session_id, +1)
 
     async def cancel_queued(self, job_id: str) -> Job | None:
         """Cancel a job that is still queued; returns it, or None if it is not queued."""
         def work(c: sqlite3.Connection) -> Job | None:
-            row = c.execute("SELECT body FROM jobs WHERE job_id=? AND status='queued'",
+            row = c.execute("SELECT body, request FROM jobs WHERE job_id=? AND status='queued'",
                             (job_id,)).fetchone()
             if row is None:
                 return None
-            job = job_from_json(row[0])
+            job = _from_row(row)
             job.status, job.finished_at, job.cancel_requested = (JobStatus.CANCELED, utcnow(),
                                                                  True)
             job.error = {"code": "job.canceled", "message": "canceled before it started"}
             c.execute("UPDATE jobs SET status='canceled', body=? WHERE job_id=?",
-                      (job_to_json(job), job_id))
+                      (_body(job), job_id))
             return job
 
         job = await self._run(work)
@@ -336,14 +356,14 @@ class SqliteJobStore:
 
     async def request_cancel(self, job_id: str) -> Job | None:
         """Flag a job that has not ended for cancellation; returns the job as stored."""
-        def work(c: sqlite3.Connection) -> str | None:
+        def work(c: sqlite3.Connection) -> Any:
             c.execute("UPDATE jobs SET body=json_set(body, '$.cancel_requested', json('true'))"
                       " WHERE job_id=? AND status IN ('queued', 'running')", (job_id,))
-            row = c.execute("SELECT body FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-            return str(row[0]) if row else None
+            return c.execute("SELECT body, request FROM jobs WHERE job_id=?",
+                             (job_id,)).fetchone()
 
-        body = await self._run(work)  # one step on the store's thread: no lost update
-        return job_from_json(body) if body is not None else None
+        row = await self._run(work)  # one step on the store's thread: no lost update
+        return _from_row(row) if row is not None else None
 
     def release(self, job_id: str) -> None:
         """The executor's task for a claimed job ended (nothing to do here: ``recover``
@@ -356,10 +376,10 @@ class SqliteJobStore:
         and are left running for the caller to fail (with their webhook).
         """
         rows = await self._run(lambda c: c.execute(
-            "SELECT body FROM jobs WHERE status='running'").fetchall())
+            "SELECT body, request FROM jobs WHERE status='running'").fetchall())
         requeued, exhausted = [], []
-        for (body,) in rows:
-            job = job_from_json(body)
+        for row in rows:
+            job = _from_row(row)
             if job.attempts >= max_attempts:
                 exhausted.append(job)
             else:
