@@ -23,7 +23,7 @@ from ai_engine.fetch import decode_base64_image, is_public_address
 from ai_engine.generators.registry import FORMATS, params_model
 from ai_engine.imaging.params import IMAGING_KEYS, split_params
 from ai_engine.jobs.model import Job, new_job_id, random_seed, request_fingerprint
-from ai_engine.jobs.store import Conflict, QueueFull, StoreUnavailable
+from ai_engine.jobs.store import Conflict, Delivery, QueueFull, StoreUnavailable
 from ai_engine.webhooks.events import build_delivery
 
 routes = web.RouteTableDef()
@@ -203,16 +203,18 @@ async def _stream_job(engine: Engine, job_id: str, job: Job,
                 data = fresh.public()
 
 
+def canceled_deliveries(job: Job) -> list[Delivery]:
+    delivery = build_delivery(job, "canceled")
+    return [delivery] if delivery else []
+
+
 @routes.post("/v1/jobs/{job_id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     job_id = request.match_info["job_id"]
-    job = await engine.store.cancel_queued(job_id)
-    if job is not None:  # was queued: canceled now, terminal webhook enqueued
-        delivery = build_delivery(job, "canceled")
-        if delivery is not None:
-            await engine.store.add_deliveries([delivery])
-            engine.deliverer.wake()
+    job = await engine.store.cancel_queued(job_id, deliveries=canceled_deliveries)
+    if job is not None:  # was queued: canceled now, its terminal webhook with it
+        engine.deliverer.wake()
         engine.events.publish(job)
         engine.metrics.jobs_finished.labels(generator=job.generator, status="canceled").inc()
         return web.json_response(job.public(), status=202)

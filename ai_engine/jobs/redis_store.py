@@ -54,6 +54,7 @@ from ai_engine.jobs.redis_outbox import RedisOutbox, delivery_args
 from ai_engine.jobs.shared_events import PubSubBridge, SharedJobEvents
 from ai_engine.jobs.store import (
     Conflict,
+    DeliveriesFor,
     Delivery,
     QueueFull,
     StoreUnavailable,
@@ -311,8 +312,10 @@ class RedisJobStore(RedisOutbox):
             log.warning("job %s: not requeued here: its lease passed to another worker",
                         job.job_id)
 
-    async def cancel_queued(self, job_id: str) -> Job | None:
-        """Cancel a job that is still queued; returns it, or None if it is not queued."""
+    async def cancel_queued(self, job_id: str, *, deliveries: DeliveriesFor | None = None
+                            ) -> Job | None:
+        """Cancel a job that is still queued and enqueue its ``deliveries``; returns it, or
+        None if it is not queued."""
         job = await self.get(job_id)
         if job is None or job.status != JobStatus.QUEUED:
             return None
@@ -323,6 +326,8 @@ class RedisJobStore(RedisOutbox):
             f"{self.p}sq:{job.session_id}", self._idem(job)], [
             job_id, job.session_id, self._body(job), self.retention_s, self._channel(job_id),
             self._message(job)])
+        if ok and deliveries:
+            await self.add_deliveries(deliveries(job))
         return job if ok else None
 
     async def request_cancel(self, job_id: str) -> Job | None:

@@ -70,6 +70,9 @@ class Delivery:
     id: int | None = None
 
 
+DeliveriesFor = Callable[[Job], list[Delivery]]  # the webhook deliveries of a job's end
+
+
 class JobStore(Protocol):
     async def submit(self, job: Job, *, max_queue: int) -> tuple[Job, bool]: ...
     async def get(self, job_id: str) -> Job | None: ...
@@ -77,7 +80,8 @@ class JobStore(Protocol):
     async def save(self, job: Job) -> None: ...
     async def finish(self, job: Job, deliveries: list[Delivery]) -> None: ...
     async def requeue(self, job: Job, *, delay_s: float) -> None: ...
-    async def cancel_queued(self, job_id: str) -> Job | None: ...
+    async def cancel_queued(self, job_id: str, *, deliveries: DeliveriesFor | None = None
+                            ) -> Job | None: ...
     async def request_cancel(self, job_id: str) -> Job | None: ...
     async def recover(self, *, max_attempts: int) -> tuple[list[Job], list[Job]]: ...
     def release(self, job_id: str) -> None: ...
@@ -334,8 +338,10 @@ class SqliteJobStore:
         await self._run(lambda c: _write(c, job, body, not_before=job.not_before))
         self._count(job.session_id, +1)
 
-    async def cancel_queued(self, job_id: str) -> Job | None:
-        """Cancel a job that is still queued; returns it, or None if it is not queued."""
+    async def cancel_queued(self, job_id: str, *, deliveries: DeliveriesFor | None = None
+                            ) -> Job | None:
+        """Cancel a job that is still queued, with its ``deliveries`` in the same
+        transaction; returns it, or None if it is not queued."""
         def work(c: sqlite3.Connection) -> Job | None:
             row = c.execute("SELECT body, request FROM jobs WHERE job_id=? AND status='queued'",
                             (job_id,)).fetchone()
@@ -345,8 +351,10 @@ class SqliteJobStore:
             job.status, job.finished_at, job.cancel_requested = (JobStatus.CANCELED, utcnow(),
                                                                  True)
             job.error = {"code": "job.canceled", "message": "canceled before it started"}
-            c.execute("UPDATE jobs SET status='canceled', body=? WHERE job_id=?",
-                      (_body(job), job_id))
+            with _transaction(c):
+                c.execute("UPDATE jobs SET status='canceled', body=? WHERE job_id=?",
+                          (_body(job), job_id))
+                _insert_deliveries(c, deliveries(job) if deliveries else [])
             return job
 
         job = await self._run(work)
