@@ -5,56 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.servers.engine import EngineProcess
 
 
-class ServiceProcess:
-    """`ai-engine serve` as a real child process, as an operator runs it."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{env['AI_ENGINE_PORT']}"
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        with self.log_path.open("ab") as log:
-            return subprocess.Popen([sys.executable, "-m", "ai_engine.cli", "serve"],
-                                    env=self.env, stdout=log, stderr=subprocess.STDOUT)
-
-    async def start(self) -> None:
-        self.proc = self.spawn()
-        deadline = time.monotonic() + 60
-        async with httpx.AsyncClient() as http:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, self.log_path.read_text()
-                try:
-                    if (await http.get(f"{self.url}/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise TimeoutError(self.log_path.read_text())
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
+async def start(service: EngineProcess) -> None:
+    service.spawn()
+    await service.wait_ready(timeout_s=60)
 
 
 async def wait_status(http: httpx.AsyncClient, job_id: str, status: str) -> None:
@@ -77,8 +40,8 @@ def service_env(tmp_path, webhook_secret):
 
 async def test_kill_during_job_then_restart_finishes_it(service_env, tmp_path, image_server,
                                                         receiver, photo):
-    service = ServiceProcess(service_env, tmp_path / "service.log")
-    await service.start()
+    service = EngineProcess("serve", service_env, tmp_path / "service.log")
+    await start(service)
     image_server.delays_s["slow.png"] = 3.0  # the job sits in its fetch stage
     body = {"session_id": "r", "asset_id": "a", "webhook_url": receiver.url,
             "image_url": image_server.add("slow.png", photo)}
@@ -87,7 +50,7 @@ async def test_kill_during_job_then_restart_finishes_it(service_env, tmp_path, i
         await wait_status(http, job_id, "running")
         service.kill()
         image_server.delays_s.clear()
-        await service.start()
+        await start(service)
         event = await receiver.wait_terminal(job_id, timeout_s=60)
         assert event["type"] == "asset.completed"
         assert event["data"]["attempts"] == 2
@@ -99,8 +62,8 @@ async def test_kill_during_job_then_restart_finishes_it(service_env, tmp_path, i
 async def test_kill_during_webhook_delivery_resends_the_same_id(service_env, tmp_path,
                                                                 image_server, receiver, photo):
     receiver.hang_s = [8.0]  # the first delivery hangs: the process dies mid-request
-    service = ServiceProcess(service_env, tmp_path / "service.log")
-    await service.start()
+    service = EngineProcess("serve", service_env, tmp_path / "service.log")
+    await start(service)
     body = {"session_id": "r", "asset_id": "b", "webhook_url": receiver.url,
             "image_url": image_server.add("c.png", photo)}
     async with httpx.AsyncClient(base_url=service.url) as http:
@@ -108,7 +71,7 @@ async def test_kill_during_webhook_delivery_resends_the_same_id(service_env, tmp
         await wait_status(http, job_id, "succeeded")
         await receiver.wait_for(lambda r: len(r.arrivals) == 1)  # in flight, stalled
         service.kill()
-        await service.start()
+        await start(service)
         event = await receiver.wait_terminal(job_id, timeout_s=30)
     assert event["type"] == "asset.completed"
     # delivered at least once, and every attempt carried the same webhook-id
@@ -119,8 +82,8 @@ async def test_kill_during_webhook_delivery_resends_the_same_id(service_env, tmp
 async def test_sigterm_drains_and_requeues(service_env, tmp_path, image_server, receiver,
                                            photo):
     service_env["AI_ENGINE_DRAIN_TIMEOUT_S"] = "0.5"
-    service = ServiceProcess(service_env, tmp_path / "service.log")
-    await service.start()
+    service = EngineProcess("serve", service_env, tmp_path / "service.log")
+    await start(service)
     image_server.delays_s["slow.png"] = 4.0
     body = {"session_id": "r", "asset_id": "c", "webhook_url": receiver.url,
             "image_url": image_server.add("slow.png", photo)}
@@ -129,7 +92,7 @@ async def test_sigterm_drains_and_requeues(service_env, tmp_path, image_server, 
         await wait_status(http, job_id, "running")
         assert service.terminate() == 0  # a clean exit within the grace period
         image_server.delays_s.clear()
-        await service.start()
+        await start(service)
         event = await receiver.wait_terminal(job_id, timeout_s=60)
         assert event["type"] == "asset.completed"
         assert event["data"]["attempts"] == 1  # the drain gave the attempt back
