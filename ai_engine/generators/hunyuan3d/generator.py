@@ -122,26 +122,16 @@ class Hunyuan3DGenerator:
         steps = opts.steps or DEFAULT_STEPS[variant]
         plan = self._plan(opts, adaptive_kv=self.adaptive_kv and models.flash_decoder)
         on_progress(0.0)
-        result, retried = None, False
-        try:
-            result = self._run(framed, opts, variant, steps, seed, plan, on_progress)
-        except Exception as exc:
-            if not _is_oom(exc):
-                raise
+        retried = False
+        result = self._run_unless_oom(framed, opts, variant, steps, seed, plan, on_progress)
         if result is None:
-            # Outside the except block, so the failed attempt's frames (and the GPU
-            # tensors they hold) are gone before memory is released.
             smaller = self._smaller(plan)
             logger.warning("hunyuan3d ran out of GPU memory at octree %d / chunks %d; "
                            "retrying at %d / %d", plan.resolution, plan.chunk_size,
                            smaller.resolution, smaller.chunk_size)
             self._free_memory()
             plan, retried = smaller, True
-            try:
-                result = self._run(framed, opts, variant, steps, seed, plan, on_progress)
-            except Exception as exc:
-                if not _is_oom(exc):
-                    raise
+            result = self._run_unless_oom(framed, opts, variant, steps, seed, plan, on_progress)
             if result is None:
                 self._free_memory()
                 raise GpuOutOfMemory("the GPU ran out of memory twice (retried at octree "
@@ -154,6 +144,17 @@ class Hunyuan3DGenerator:
                 "timings_s": result.timings_s, "oom_retry": retried}
         return GeneratorOutput(mesh=result.mesh, info=info,
                                postprocess=functools.partial(_clean, face_count=opts.face_count))
+
+    def _run_unless_oom(self, *args: Any) -> Any:
+        """``_run``, or None when it ran out of GPU memory. Returning (rather than handling
+        the error in the caller's except block) drops the failed attempt's frames, and the
+        GPU tensors they hold, before the caller releases memory."""
+        try:
+            return self._run(*args)
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            return None
 
     def _run(self, framed: RGBA, opts: Hunyuan3DParams, variant: str, steps: int, seed: int,
              plan: SurfacePlan, on_progress: ProgressFn) -> Any:
