@@ -172,6 +172,12 @@ class Engine:
         if self.state != "ready":
             raise problems.unavailable(self.state)
 
+    def resolve_generator(self, name: str | None) -> str:
+        """The generator a job asking for ``name`` gets (None: the configured default;
+        ``auto``: Hunyuan3D-2 with weights and a GPU, else silhouette)."""
+        name = name or self.settings.generator
+        return self.auto_generator if name == "auto" else name
+
     def wake_executors(self) -> None:
         for executor in self.executors:
             executor.wake()

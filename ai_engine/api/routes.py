@@ -49,8 +49,7 @@ async def validate_job(engine: Engine, body: Any) -> tuple[JobRequest, str]:
     except ValidationError as exc:
         raise problems.validation_problem(exc) from exc
     errors: list[dict[str, Any]] = []
-    name = req.generator or engine.settings.generator
-    generator = engine.auto_generator if name == "auto" else name
+    generator = engine.resolve_generator(req.generator)
     if generator not in engine.available:
         errors.append({"loc": ["generator"], "msg": f"generator {generator!r} is not available "
                        f"here (available: {', '.join(sorted(engine.available))})"})
@@ -113,6 +112,25 @@ async def url_problem(engine: Engine, url: AnyUrl) -> str | None:
     return None
 
 
+async def submit_job(engine: Engine, job: Job) -> tuple[Job, bool]:
+    """Store ``job`` (or find the one with its key) and wake the executors; the store's
+    refusals become their problems. Returns ``(job, created)``."""
+    try:
+        job, created = await engine.store.submit(job, max_queue=engine.settings.max_queue)
+    except Conflict as exc:
+        raise problems.conflict(
+            f"({job.session_id}, {job.asset_id}) is job {exc.existing.job_id} with another "
+            "body") from exc
+    except QueueFull as exc:
+        raise problems.queue_full(exc.retry_after_s) from exc
+    except StoreUnavailable as exc:
+        raise problems.unavailable("unable to reach its job store") from exc
+    if created:
+        engine.metrics.jobs_accepted.labels(generator=job.generator).inc()
+        engine.wake_executors()
+    return job, created
+
+
 @routes.post("/generate-3d")
 @routes.post("/v1/jobs")
 async def create_job(request: web.Request) -> web.Response:
@@ -124,19 +142,7 @@ async def create_job(request: web.Request) -> web.Response:
     job = Job(job_id=new_job_id(), session_id=req.session_id, asset_id=req.asset_id,
               request=body, request_hash=request_fingerprint(body), generator=generator,
               seed=seed)
-    try:
-        job, created = await engine.store.submit(job, max_queue=engine.settings.max_queue)
-    except Conflict as exc:
-        raise problems.conflict(
-            f"({req.session_id}, {req.asset_id}) is job {exc.existing.job_id} with another "
-            "body") from exc
-    except QueueFull as exc:
-        raise problems.queue_full(exc.retry_after_s) from exc
-    except StoreUnavailable as exc:
-        raise problems.unavailable("unable to reach its job store") from exc
-    if created:
-        engine.metrics.jobs_accepted.labels(generator=generator).inc()
-        engine.wake_executors()
+    job, created = await submit_job(engine, job)
     status_url = f"{engine.base_url(request)}/v1/jobs/{job.job_id}"
     if not created:
         return web.json_response({**job.public(), "status_url": status_url}, status=200)

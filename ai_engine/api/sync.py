@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import secrets
 import time
 import uuid
 from typing import Any
@@ -22,12 +21,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ai_engine.api import problems
+from ai_engine.api.routes import read_json, submit_job
 from ai_engine.engine import ENGINE, Engine
 from ai_engine.errors import EngineError
 from ai_engine.fetch import decode_base64_image
 from ai_engine.generators.registry import params_model
-from ai_engine.jobs.model import Job, new_job_id, request_fingerprint
-from ai_engine.jobs.store import QueueFull, StoreUnavailable
+from ai_engine.jobs.model import Job, new_job_id, random_seed, request_fingerprint
 
 sync_routes = web.RouteTableDef()
 SYNC_TIMEOUT_S = 900.0
@@ -44,11 +43,7 @@ class GenerateFromBase64(BaseModel):
 
 
 def splat_generator(engine: Engine) -> str:
-    if "trellis" in engine.available:
-        return "trellis"
-    default = engine.auto_generator if engine.settings.generator == "auto" \
-        else engine.settings.generator
-    return default
+    return "trellis" if "trellis" in engine.available else engine.resolve_generator(None)
 
 
 # TRELLIS's own sampler argument names -> our TrellisParams fields
@@ -99,16 +94,10 @@ async def run_sync_job(engine: Engine, image: bytes, *, seed: int, fmt: str,
             "webhook_url": None, "webhook_events": ["completed"], "image_url": None}
     job = Job(job_id=new_job_id(), session_id="sync", asset_id=asset_id,
               request=body, request_hash=request_fingerprint(body), generator=generator,
-              seed=seed if seed >= 0 else secrets.randbelow(2**31))
+              seed=seed if seed >= 0 else random_seed())
     queue = engine.events.subscribe(job.job_id)
     try:
-        try:
-            await engine.store.submit(job, max_queue=engine.settings.max_queue)
-        except QueueFull as exc:
-            raise problems.queue_full(exc.retry_after_s) from exc
-        except StoreUnavailable as exc:
-            raise problems.unavailable("unable to reach its job store") from exc
-        engine.wake_executors()
+        await submit_job(engine, job)
         deadline = time.monotonic() + SYNC_TIMEOUT_S
         while not job.status.is_terminal:
             try:
@@ -180,8 +169,6 @@ async def generate_spz(request: web.Request) -> web.Response:
 
 @sync_routes.post("/generate_from_base64")
 async def generate_from_base64(request: web.Request) -> web.Response:
-    from ai_engine.api.routes import read_json
-
     engine = request.app[ENGINE]
     started = time.perf_counter()
     try:
