@@ -8,8 +8,12 @@ import logging
 import secrets
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ai_engine.config import Settings
+
+if TYPE_CHECKING:
+    from ai_engine.fetch import SafeFetcher
 
 log = logging.getLogger("ai_engine")
 EXTENSIONS = {".glb": "glb", ".stl": "stl", ".obj": "obj", ".ply": "ply", ".spz": "spz"}
@@ -79,7 +83,7 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     from ai_engine.errors import EngineError
     from ai_engine.executor.outputs import export_outputs
     from ai_engine.fetch import SafeFetcher
-    from ai_engine.generators.registry import FORMATS, load_generator, resolve_auto
+    from ai_engine.generators.registry import FORMATS, has_gpu, load_generator, resolve_auto
 
     out = Path(args.output)
     fmt = _output_format(out, args.format)
@@ -106,7 +110,7 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         else:
             data = Path(source).read_bytes()
         step("loading model", 5)
-        device = args.device or ("cuda" if name != "silhouette" and _has_cuda() else "cpu")
+        device = args.device or ("cuda" if name != "silhouette" and has_gpu() else "cpu")
         generator = load_generator(name, models_dir=settings.models_dir, device=device,
                                    settings=settings)
         step("preparing image", 10)
@@ -132,20 +136,11 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _fetch_and_close(fetcher: object, url: str) -> bytes:
-    from ai_engine.fetch import SafeFetcher
-
-    assert isinstance(fetcher, SafeFetcher)
+async def _fetch_and_close(fetcher: SafeFetcher, url: str) -> bytes:
     try:
         return await fetcher.fetch_image(url)
     finally:
         await fetcher.aclose()
-
-
-def _has_cuda() -> bool:
-    from ai_engine.generators.registry import has_gpu
-
-    return has_gpu()
 
 
 def build_parser() -> argparse.ArgumentParser:
